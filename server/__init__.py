@@ -1,0 +1,1 @@
+"""Consortium side: ServerApp, aggregation, checkpoints and the `m3fm-admin` command."""

@@ -1,0 +1,115 @@
+"""Tests for ROI cropping, resizing, HU windowing and the preprocessing fingerprint."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from client import preprocess
+from client.dicom_types import CTVolume
+from client.preprocess import (
+    HEART_SPEC,
+    LUNG_SPEC,
+    CropSpec,
+    build_ct_transforms,
+    crop_roi,
+    preprocess_exam,
+    preprocessing_fingerprint,
+)
+from client.roi import Box, ROINotFoundError
+
+from .dicom_fixtures import make_phantom
+
+LUNG = CropSpec("lung", (16, 48, 32), (-1300.0, 150.0))
+HEART = CropSpec("heart", (16, 24, 24), (-135.0, 225.0))
+
+
+@pytest.fixture(scope="module")
+def volume():
+    torch.set_num_threads(1)
+    ph = make_phantom()
+    return CTVolume(
+        ph.hu.astype(np.float32), ph.spacing, "P1", "E1", "1.2.3", "ab" * 32
+    )
+
+
+def test_crop_shape_range_and_spacing(volume):
+    box = Box((6, 26, 9), (39, 70, 87))  # 33 x 44 x 78 voxels
+    crop, spacing = crop_roi(volume, box, LUNG)
+    assert crop.shape == (1, *LUNG.crop_size) and crop.dtype == np.float32
+    assert crop.min() >= -1.0 and crop.max() <= 1.0
+    # box grown to >= crop size per axis: 33, 48 (grown), 78 voxels
+    assert spacing == pytest.approx((33 * 5.0 / 16, 48 * 3.0 / 48, 78 * 3.0 / 32))
+
+
+def test_window_maps_linearly_and_clips():
+    hu = np.zeros((8, 8, 8), dtype=np.float32)
+    hu[:4] = -1000.0  # inside the lung window
+    hu[4:] = 3000.0  # above it: clipped to +1
+    vol = CTVolume(hu, (1.0, 1.0, 1.0), "P", "E", "1")
+    crop, _ = crop_roi(
+        vol, Box((0, 0, 0), (8, 8, 8)), CropSpec("x", (8, 8, 8), LUNG.hu_window)
+    )
+    expected_low = 2 * (-1000 + 1300) / 1450 - 1
+    np.testing.assert_allclose(crop[0, 0], expected_low, atol=1e-6)
+    np.testing.assert_allclose(crop[0, -1], 1.0)
+
+
+def test_small_volume_is_padded_with_air(volume):
+    spec = CropSpec("x", (64, 128, 128), (-1000.0, 0.0))
+    whole = Box((0, 0, 0), volume.hu.shape)
+    crop, spacing = crop_roi(volume, whole, spec)
+    assert crop.shape == (1, 64, 128, 128)
+    assert spacing == pytest.approx(volume.spacing_mm)  # padded extent / crop = 1 voxel
+    assert (crop[0, :8] == -1.0).all()  # 8 padded slices of -1024 HU on each side
+    inner = crop[0, 8:56, 16:112, 16:112]
+    np.testing.assert_allclose(inner, volume.hu.clip(-1000, 0) / 500 + 1, atol=1e-6)
+
+
+def test_monai_resize_equals_torch_trilinear(volume):
+    region = torch.from_numpy(volume.hu[4:40, 10:90, 5:85]).unsqueeze(0)
+    spec = CropSpec("x", (20, 50, 40), (-1300.0, 150.0))
+    ours = build_ct_transforms(spec)(region.clone())
+    resized = F.interpolate(region[None], size=spec.crop_size, mode="trilinear")[0]
+    reference = (resized.clamp(-1300, 150) + 1300) / 1450 * 2 - 1
+    np.testing.assert_allclose(ours, reference.numpy(), atol=1e-5)
+
+
+def test_preprocess_exam_finds_or_takes_boxes(volume):
+    crops = preprocess_exam(volume, [LUNG, HEART])
+    assert set(crops) == {"lung", "heart"}
+    assert crops["heart"].crop.shape == (1, 16, 24, 24)
+    soft = CTVolume(np.full((20, 40, 40), 40.0, np.float32), (5, 3, 3), "P", "E", "1")
+    with pytest.raises(ROINotFoundError):
+        preprocess_exam(soft, [LUNG])
+    given = Box((2, 5, 5), (18, 35, 35))
+    out = preprocess_exam(soft, [LUNG], boxes={"lung": given})
+    assert out["lung"].box == given and out["lung"].crop.shape == (1, 16, 48, 32)
+
+
+def test_bad_arguments_raise(volume):
+    with pytest.raises(ValueError, match="exceeds"):
+        crop_roi(volume, Box((0, 0, 0), (49, 10, 10)), LUNG)
+    with pytest.raises(ValueError, match="low < high"):
+        CropSpec("lung", (1, 2, 3), (150.0, -1300.0))
+    with pytest.raises(ValueError, match="positive"):
+        CropSpec("lung", (0, 2, 3), (-1.0, 1.0))
+
+
+def test_fingerprint_tracks_every_setting(monkeypatch):
+    base = preprocessing_fingerprint([LUNG_SPEC, HEART_SPEC])
+    assert base == preprocessing_fingerprint([HEART_SPEC, LUNG_SPEC])
+    assert base == preprocessing_fingerprint(
+        [CropSpec("lung", (128, 448, 320), (-1300.0, 150.0)), HEART_SPEC]
+    )
+    changed = [
+        preprocessing_fingerprint([CropSpec("lung", (128, 448, 321), (-1300, 150))]),
+        preprocessing_fingerprint([CropSpec("lung", (128, 448, 320), (-1200, 150))]),
+        preprocessing_fingerprint(LUNG_SPEC, salt="site-box"),
+        preprocessing_fingerprint(LUNG_SPEC),
+    ]
+    monkeypatch.setattr(preprocess, "ALGORITHM_VERSION", "m3fm-ct-preprocess/999")
+    changed.append(preprocessing_fingerprint(LUNG_SPEC))
+    monkeypatch.setattr(preprocess.roi, "LUNG_HU", -350.0)
+    changed.append(preprocessing_fingerprint(LUNG_SPEC))
+    assert len({base, *changed}) == len(changed) + 1
