@@ -1,0 +1,127 @@
+"""Combining kernels: weighted mean, coordinate-wise median and trimmed mean.
+
+The weighted mean reads each site's array once, straight from the received buffer
+(float32, float16 or bfloat16 views), and accumulates into one float32 tensor per array:
+no per-site temporaries. It can write into an existing tensor (``out``): new memory costs
+a page fault per 4 kB page on first touch, as much as the arithmetic on this machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+_CHUNK = 1 << 20  # elements per slice for the robust (sorting) methods
+_SLICE = 1 << 18  # elements per accumulator slice (1 MiB of float32: stays in L2)
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulator dtype for parameters of ``dtype``."""
+    # float32 accumulation is within 1e-6 relative of a float64 reference for a
+    # handful of sites (tested); float64 models keep float64.
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _accumulator(
+    shape: torch.Size, dtype: torch.dtype, out: torch.Tensor | None
+) -> torch.Tensor:
+    if out is None:
+        return torch.empty(shape, dtype=dtype)
+    if out.shape != shape or out.dtype != dtype or not out.is_contiguous():
+        raise ValueError(
+            "out must be a contiguous tensor of the result's shape and dtype"
+        )
+    return out
+
+
+def weighted_mean(
+    tensors: Sequence[torch.Tensor],
+    alphas: Sequence[float],
+    *,
+    base: torch.Tensor | None = None,
+    base_coef: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``base_coef * base + sum(alpha_i * x_i)`` in one accumulator, no temporaries.
+
+    Works slice by slice (``_SLICE`` elements) so the accumulator's slice stays in
+    cache while the K inputs stream past it: K reads and one write per element.
+
+    Args:
+        tensors: the sites' arrays (any floating dtype; read only).
+        alphas: their coefficients.
+        base: optional extra term (the global value, for clipped updates); may be
+            ``out`` itself.
+        base_coef: its coefficient.
+        dtype: accumulator dtype.
+        out: write the result here (contiguous, ``dtype``) instead of new memory; it
+            must not share memory with ``tensors``.
+    """
+    acc = _accumulator(tensors[0].shape, dtype, out)
+    in_place_base = base is not None and base.data_ptr() == acc.data_ptr()
+    if acc.numel() <= _SLICE:  # one slice: skip the flattening and slicing
+        _accumulate(acc, list(tensors), alphas, base, base_coef, in_place_base)
+        return acc
+    flat_out = acc.view(-1)
+    flat_in = [t.reshape(-1) for t in tensors]
+    flat_base = None if base is None else base.reshape(-1)
+    for s in range(0, flat_out.numel(), _SLICE):
+        e = s + _SLICE
+        b = None if flat_base is None else flat_base[s:e]
+        xs = [x[s:e] for x in flat_in]
+        _accumulate(flat_out[s:e], xs, alphas, b, base_coef, in_place_base)
+    return acc
+
+
+def _accumulate(
+    o: torch.Tensor,
+    xs: list[torch.Tensor],
+    alphas: Sequence[float],
+    base: torch.Tensor | None,
+    base_coef: float,
+    in_place_base: bool,
+) -> None:
+    start = 0
+    if base is not None:
+        if not in_place_base:
+            o.copy_(base)
+        o.mul_(base_coef)
+    elif xs[0].dtype == o.dtype:
+        torch.mul(xs[0], alphas[0], out=o)
+        start = 1
+    else:
+        o.copy_(xs[0]).mul_(alphas[0])
+        start = 1
+    for x, a in zip(xs[start:], alphas[start:], strict=True):
+        o.add_(x, alpha=a)
+
+
+def robust_combine(
+    tensors: Sequence[torch.Tensor],
+    method: str,
+    trim_fraction: float = 0.1,
+    *,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Coordinate-wise median or trimmed mean (unweighted), in bounded-memory slices.
+
+    The median of an even number of values is the mean of the two middle ones (as
+    ``numpy.median``); the trimmed mean drops ``int(trim_fraction * k)`` values at each
+    end (as ``scipy.stats.trim_mean``). ``out`` as in ``weighted_mean``.
+    """
+    k = len(tensors)
+    flat = [t.reshape(-1) for t in tensors]
+    acc = _accumulator(tensors[0].shape, acc_dtype(tensors[0].dtype), out)
+    flat_out = acc.view(-1)
+    cut = int(trim_fraction * k)
+    for s in range(0, flat_out.numel(), _CHUNK):
+        stack = torch.stack([f[s : s + _CHUNK].to(acc.dtype) for f in flat])
+        srt = stack.sort(dim=0).values
+        if method == "median":
+            mid = srt[(k - 1) // 2 : k // 2 + 1]
+        else:
+            mid = srt[cut : k - cut]
+        torch.mean(mid, dim=0, out=flat_out[s : s + _CHUNK])
+    return acc

@@ -1,0 +1,289 @@
+"""Checks on every train reply before it may reach aggregation (docs/records.md).
+
+A reply is either a ``ValidatedReply`` (arrays grouped by parameter group, per-group
+example counts, the L2 norm of its update) or a ``Rejection`` with a reason code and a
+short message. Messages never contain text the site sent (array names, metric keys or
+values from the reply): only codes, counts and the server's own names.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from client.scope import param_group
+from server.transfer import decode_array, dtype_tag, wire_dtype
+
+_TASK = r"[A-Za-z_][A-Za-z0-9_]*"
+# Train-reply metric keys allowed by docs/records.md.
+TRAIN_METRIC_PATTERNS: tuple[str, ...] = (
+    r"status",
+    r"num-examples",
+    r"count\.trunk",
+    rf"count\.heads\.{_TASK}",
+    r"train-loss",
+    rf"loss\.{_TASK}",
+    r"steps",
+    r"epsilon",
+    r"delta",
+    r"noise-multiplier",
+    r"sample-rate",
+    r"seconds",
+)
+# Evaluate-reply metric keys allowed by docs/records.md.
+EVALUATE_METRIC_PATTERNS: tuple[str, ...] = (
+    r"status",
+    r"num-examples",
+    r"loss",
+    rf"{_TASK}\.(n|loss|auc|accuracy)",
+    r"cancer_risk\.cindex",
+    r"cancer_risk\.auc-y[1-6]",
+)
+STATUS_OK = 0
+STATUS_CODES = (0, 1, 2, 3, 4)
+_CHUNK = 1 << 20  # elements per slice of the update-norm computation
+
+# Rejection codes.
+REFUSED = "refused"
+METRIC_KEY = "metric-key"
+METRIC_VALUE = "metric-value"
+MISSING_STATUS = "missing-status"
+NO_ARRAYS = "no-arrays"
+UNKNOWN_ARRAY = "unknown-array"
+INCOMPLETE_GROUP = "incomplete-group"
+MISSING_COUNT = "missing-count"
+HEAD_WITHOUT_COUNT = "head-without-count"
+BAD_COUNT = "bad-count"
+SHAPE = "shape"
+DTYPE = "dtype"
+NON_FINITE = "non-finite"
+UPDATE_NORM = "update-norm"
+
+
+@dataclass(frozen=True)
+class Rejection:
+    """A reply that must not be aggregated.
+
+    Attributes:
+        code: one of the rejection codes of this module.
+        message: short reason, free of any text the site sent.
+        status: the site's status code for a refusal (``code == "refused"``).
+    """
+
+    code: str
+    message: str
+    status: int | None = None
+
+    @property
+    def refusal(self) -> bool:
+        """A site refusing (budget spent, no data, ...): counted, not an error."""
+        return self.code == REFUSED
+
+
+@dataclass(frozen=True)
+class ValidatedReply:
+    """A checked train reply.
+
+    Attributes:
+        site: the site's configured name (for reports of who updated what).
+        groups: parameter group -> name -> tensor, decoded without copies (read-only).
+        counts: parameter group -> number of examples it was trained on (> 0).
+        metrics: the reply's numeric metrics.
+        update_norm: L2 norm of (reply - global) over all returned arrays.
+    """
+
+    site: str
+    groups: Mapping[str, Mapping[str, torch.Tensor]]
+    counts: Mapping[str, int]
+    metrics: Mapping[str, int | float | list[int] | list[float]] = field(
+        default_factory=dict
+    )
+    update_norm: float = 0.0
+
+    def arrays(self) -> dict[str, torch.Tensor]:
+        """All returned arrays, name -> tensor."""
+        return {n: t for g in self.groups.values() for n, t in g.items()}
+
+
+def train_metric_patterns(tasks: Iterable[str] | None = None) -> tuple[str, ...]:
+    """Train-reply metric key patterns, optionally restricted to known task names."""
+    if tasks is None:
+        return TRAIN_METRIC_PATTERNS
+    alt = "|".join(re.escape(t) for t in sorted(tasks)) or "(?!)"
+    return tuple(p.replace(_TASK, f"(?:{alt})") for p in TRAIN_METRIC_PATTERNS)
+
+
+def expected_from_state(
+    state: Mapping[str, torch.Tensor], names: Iterable[str] | None = None
+) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """``expected`` for ``validate_reply``: (shape, dtype) of the travelling names."""
+    keys = state.keys() if names is None else names
+    return {n: (tuple(state[n].shape), state[n].dtype) for n in keys}
+
+
+def update_norm(
+    arrays: Mapping[str, torch.Tensor], global_values: Mapping[str, torch.Tensor]
+) -> float:
+    """L2 norm of ``arrays - global_values`` over all names of ``arrays``.
+
+    Works in slices of the flattened arrays so that no full-size temporary is made.
+    """
+    total = 0.0
+    for name, x in arrays.items():
+        xf, gf = x.reshape(-1), global_values[name].reshape(-1)
+        for s in range(0, xf.numel(), _CHUNK):
+            d = torch.sub(xf[s : s + _CHUNK], gf[s : s + _CHUNK]).float()
+            total += float(torch.dot(d, d))
+    return math.sqrt(total)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(
+        v, bool
+    )
+
+
+def _check_metrics(
+    metrics: Mapping[str, object], patterns: Sequence[re.Pattern[str]]
+) -> Rejection | None:
+    bad_keys = [k for k in metrics if not any(p.fullmatch(str(k)) for p in patterns)]
+    if bad_keys:
+        return Rejection(METRIC_KEY, f"{len(bad_keys)} metric key(s) not allowed")
+    for value in metrics.values():
+        items = value if isinstance(value, list) else [value]
+        if not all(_is_number(v) and math.isfinite(v) for v in items):
+            return Rejection(METRIC_VALUE, "a metric value is not a finite number")
+    if "status" not in metrics:
+        return Rejection(MISSING_STATUS, "the reply has no status")
+    status = metrics["status"]
+    if isinstance(status, list) or status not in STATUS_CODES:
+        return Rejection(METRIC_VALUE, "status is not a known status code")
+    if int(status) != STATUS_OK:
+        return Rejection(
+            REFUSED, f"site refused with status {int(status)}", int(status)
+        )
+    return None
+
+
+def _check_names(
+    names: Iterable[str], expected: Mapping[str, object]
+) -> tuple[Rejection | None, dict[str, list[str]]]:
+    names = list(names)
+    unknown = [n for n in names if n not in expected]
+    if unknown:
+        return Rejection(
+            UNKNOWN_ARRAY, f"{len(unknown)} array name(s) not expected"
+        ), {}
+    by_group: dict[str, list[str]] = {}
+    for n in expected:
+        by_group.setdefault(param_group(n), []).append(n)
+    got = set(names)
+    returned = {param_group(n) for n in names}
+    for group in sorted(returned):
+        missing = [n for n in by_group[group] if n not in got]
+        if missing:
+            msg = f"group {group} lacks {len(missing)} of its {len(by_group[group])} arrays"
+            return Rejection(INCOMPLETE_GROUP, msg), {}
+    return None, {g: by_group[g] for g in sorted(returned)}
+
+
+def _check_counts(
+    groups: Iterable[str], metrics: Mapping[str, object]
+) -> tuple[Rejection | None, dict[str, int]]:
+    counts: dict[str, int] = {}
+    for group in groups:
+        value = metrics.get(f"count.{group}")
+        if value is None:
+            code = MISSING_COUNT if group == "trunk" else HEAD_WITHOUT_COUNT
+            return Rejection(code, f"no count.{group} for a returned group"), {}
+        if isinstance(value, list) or value <= 0 or float(value) != int(value):
+            return Rejection(BAD_COUNT, f"count.{group} is not a positive integer"), {}
+        counts[group] = int(value)
+    return None, counts
+
+
+def _check_array(
+    name: str,
+    array: np.ndarray | torch.Tensor,
+    shape: tuple[int, ...],
+    tag: str,
+) -> Rejection | torch.Tensor:
+    if tuple(array.shape) != tuple(shape):
+        return Rejection(SHAPE, f"{name}: shape differs from the expected {shape}")
+    try:
+        return decode_array(name, array, tag)
+    except ValueError:
+        want = wire_dtype(tag).name
+        return Rejection(DTYPE, f"{name}: dtype differs from the expected {want}")
+
+
+def _non_finite(tensors: Mapping[str, torch.Tensor]) -> str | None:
+    for name, t in tensors.items():
+        if not bool(torch.isfinite(t).all()):
+            return name
+    return None
+
+
+def validate_reply(
+    arrays: Mapping[str, np.ndarray | torch.Tensor] | None,
+    metrics: Mapping[str, int | float | list[int] | list[float]],
+    expected: Mapping[str, tuple[tuple[int, ...], torch.dtype | np.dtype | str]],
+    global_values: Mapping[str, torch.Tensor],
+    *,
+    max_update_norm: float | None,
+    allowed_metric_patterns: Iterable[str] = TRAIN_METRIC_PATTERNS,
+    half: str | None = None,
+    site: str = "",
+) -> ValidatedReply | Rejection:
+    """Check one train reply.
+
+    Args:
+        arrays: the reply's arrays (numpy views or tensors), ``None`` when absent.
+        metrics: the reply's metrics.
+        expected: travelling name -> (shape, model dtype) for this round.
+        global_values: the global model's values the site started from (by name).
+        max_update_norm: largest allowed L2 norm of (reply - global); ``None`` = no bound.
+        allowed_metric_patterns: regexes a metric key must fully match.
+        half: the round's transfer mode (``None``, ``"float16"``, ``"bfloat16"``):
+            floating arrays must arrive in its wire dtype.
+        site: the site's name, kept for reports (never put into messages).
+
+    Returns:
+        A ``ValidatedReply`` or a ``Rejection`` (``refusal`` for a status != 0).
+    """
+    patterns = [re.compile(p) for p in allowed_metric_patterns]
+    rejection = _check_metrics(metrics, patterns)
+    if rejection is not None:
+        return rejection
+    if not arrays:
+        return Rejection(NO_ARRAYS, "status 0 but no arrays")
+    rejection, by_group = _check_names(arrays.keys(), expected)
+    if rejection is None:
+        rejection, counts = _check_counts(by_group, metrics)
+    if rejection is not None:
+        return rejection
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for group, names in by_group.items():
+        groups[group] = {}
+        for name in names:
+            shape, dtype = expected[name]
+            checked = _check_array(name, arrays[name], shape, dtype_tag(dtype, half))
+            if isinstance(checked, Rejection):
+                return checked
+            groups[group][name] = checked
+    flat = {n: t for g in groups.values() for n, t in g.items()}
+    norm = update_norm(flat, global_values)
+    if not math.isfinite(norm):
+        bad = _non_finite(flat)
+        if bad is not None:
+            return Rejection(NON_FINITE, f"{bad}: NaN or infinite values")
+    if max_update_norm is not None and not norm <= max_update_norm:
+        return Rejection(
+            UPDATE_NORM, f"update norm exceeds the bound {max_update_norm}"
+        )
+    return ValidatedReply(site, groups, counts, dict(metrics), norm)
