@@ -19,7 +19,7 @@ tools:
 	@bash scripts/ensure_tools.sh
 
 demo: install
-	$(PY) -m m3fm_model.demo
+	$(PY) -m server.demo
 
 test-fast: install tools
 	$(PY) -m pytest -q -m "not slow"

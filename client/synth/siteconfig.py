@@ -87,7 +87,9 @@ def site_config_toml(profile: str | Profile, data_dir: str = "") -> str:
         f"{', '.join(repr(c) for c in t.identifiers)}",
         "# of the clinical table are deliberately left unmapped.",
     ]
-    _table(lines, "site", {"name": p.name, "tasks": list(p.tasks)})
+    _table(lines, "site", {
+        "name": p.name, "tasks": list(p.tasks), "state-dir": _join(data_dir, "state"),
+    })  # fmt: skip
     _table(lines, "dicom", {
         "root": _join(data_dir, "dicom"), "patient-id-tag": "PatientID",
         "exam-id-tag": "AccessionNumber", "series-description-pattern": "",
@@ -105,7 +107,9 @@ def site_config_toml(profile: str | Profile, data_dir: str = "") -> str:
     })  # fmt: skip
     _table(lines, "compute", {"device": "auto", "threads": 1})
     _table(lines, "cache", {"dir": _join(data_dir, "cache")})
-    _table(lines, "split", {"seed": 0, "fractions": [0.7, 0.15, 0.15]})
+    # A large test share: demo cohorts are small and the README's comparison is
+    # measured on the test splits.
+    _table(lines, "split", {"seed": 0, "fractions": [0.6, 0.1, 0.3]})
     return "\n".join(lines) + "\n"
 
 

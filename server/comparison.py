@@ -1,0 +1,285 @@
+"""Federated vs centralised vs single-site training on the demo hospitals' test splits.
+
+Every arm trains the same model preset and scope with the same local trainer
+(``client.train.train_one_round``) and the same optimizer steps per site: single-site
+arms train ``rounds x local-steps`` steps on their own data, the centralised arm trains
+``rounds x local-steps x sites`` steps on the pooled data, and the in-process federated
+arm runs the server's aggregator over the sites' rounds without Flower (the Flower run
+itself is the ``federated-flower`` arm). DP arms use each site's own budget on a
+scratch ledger, so the sites' real ledgers are untouched. Every arm is evaluated on every
+site's test split; per task the metric is averaged over sites weighted by ``n``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from client.cache import CachedCrop, CacheKey, ExamCache
+from client.metrics import aggregate_site_metrics, flatten_for_reply, task_metrics
+from client.privacy_ledger import PrivacyLedger
+from client.scope import param_group
+from client.site_config import SiteConfig
+from client.site_dataset import (
+    SiteDataset,
+    build_site_dataset,
+    default_tokenizer,
+    load_manifest,
+)
+from client.train import TrainConfig, predict_split, train_one_round
+from m3fm_model import M3FM, build_model
+from m3fm_model.config import preset_config
+
+from .aggregation import TaskAwareAggregator
+from .validation import ValidatedReply
+
+logger = logging.getLogger(__name__)
+
+
+class PooledCache:
+    """Crop lookup across several sites' caches (content-addressed keys do not clash)."""
+
+    def __init__(self, caches: Sequence[ExamCache]) -> None:
+        self.caches = list(caches)
+
+    def get(self, key: CacheKey) -> CachedCrop | None:
+        """The crop from whichever cache holds it."""
+        for cache in self.caches:
+            found = cache.get(key)
+            if found is not None:
+                return found
+        return None
+
+
+@dataclass(frozen=True)
+class ArmPlan:
+    """Shared settings of every arm."""
+
+    preset: str
+    scope: str
+    rounds: int
+    local_steps: int
+    batch_size: int
+    lr: float
+    seed: int
+    modality_dropout: float
+
+
+def _fresh_model(plan: ArmPlan) -> M3FM:
+    torch.manual_seed(plan.seed)
+    return build_model(plan.preset)
+
+
+def _train_cfg(
+    site: SiteConfig, plan: ArmPlan, steps: int, dp: bool, rounds_left: int
+) -> TrainConfig:
+    cfg = TrainConfig.for_site(
+        site, scope=plan.scope, lr=plan.lr, local_steps=steps, batch_size=plan.batch_size,
+        seed=plan.seed, modality_dropout=plan.modality_dropout, rounds_left=rounds_left,
+    )  # fmt: skip
+    return replace(cfg, dp=dp)
+
+
+def _ledger(site: SiteConfig, scratch: Path) -> PrivacyLedger:
+    path = scratch / f"{site.name}-{time.monotonic_ns()}.json"
+    return PrivacyLedger(
+        path, epsilon_budget=site.privacy.epsilon, delta=site.privacy.delta
+    )
+
+
+def _train_set(site: SiteConfig, plan: ArmPlan, dp: bool) -> SiteDataset:
+    return build_site_dataset(
+        site,
+        plan.preset,
+        "train",
+        modality_dropout=plan.modality_dropout,
+        seed=plan.seed,
+        per_patient=dp,
+    )
+
+
+def train_alone(site: SiteConfig, plan: ArmPlan, dp: bool, scratch: Path) -> M3FM:
+    """One site trains alone for rounds x local-steps steps (one release per round)."""
+    model, data, ledger = (
+        _fresh_model(plan),
+        _train_set(site, plan, dp),
+        _ledger(site, scratch),
+    )
+    for rnd in range(1, plan.rounds + 1):
+        cfg = _train_cfg(site, plan, plan.local_steps, dp, plan.rounds - rnd + 1)
+        train_one_round(model, data, cfg, ledger, run_id="alone", server_round=rnd)
+    return model
+
+
+def pooled_dataset(sites: Sequence[SiteConfig], plan: ArmPlan, dp: bool) -> SiteDataset:
+    """All sites' training exams in one dataset (the centralised arm)."""
+    exams = [
+        e for s in sites for e in load_manifest(s, plan.preset) if e["split"] == "train"
+    ]
+    tasks = sorted({t for s in sites for t in s.tasks})
+    cache = PooledCache([ExamCache(s.cache_dir / "crops") for s in sites])
+    return SiteDataset(
+        exams, cache=cache, model_config=preset_config(plan.preset), tasks=tasks,  # type: ignore[arg-type]
+        tokenizer=default_tokenizer(), modality_dropout=plan.modality_dropout, seed=plan.seed, per_patient=dp,
+    )  # fmt: skip
+
+
+def train_centralised(
+    sites: Sequence[SiteConfig], plan: ArmPlan, dp: bool, scratch: Path
+) -> M3FM:
+    """Pooled data, the sites' total number of steps; DP with the smallest site budget."""
+    model, data = _fresh_model(plan), pooled_dataset(sites, plan, dp)
+    strict = min(sites, key=lambda s: s.privacy.epsilon)
+    ledger = _ledger(strict, scratch)
+    for rnd in range(1, plan.rounds + 1):
+        cfg = _train_cfg(
+            strict, plan, plan.local_steps * len(sites), dp, plan.rounds - rnd + 1
+        )
+        train_one_round(model, data, cfg, ledger, run_id="central", server_round=rnd)
+    return model
+
+
+def train_federated(
+    sites: Sequence[SiteConfig], plan: ArmPlan, dp: bool, scratch: Path
+) -> M3FM:
+    """In-process federated rounds with the server's task-aware FedAvg (no Flower)."""
+    model = _fresh_model(plan)
+    sets = {s.name: _train_set(s, plan, dp) for s in sites}
+    ledgers = {s.name: _ledger(s, scratch) for s in sites}
+    aggregator = TaskAwareAggregator("fedavg", min_sites=1)
+    for rnd in range(1, plan.rounds + 1):
+        start = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        replies = []
+        for site in sites:
+            model.load_state_dict(start)
+            cfg = _train_cfg(site, plan, plan.local_steps, dp, plan.rounds - rnd + 1)
+            res = train_one_round(
+                model,
+                sets[site.name],
+                cfg,
+                ledgers[site.name],
+                run_id="fed",
+                server_round=rnd,
+            )
+            if res.status == 0:
+                groups: dict[str, dict[str, torch.Tensor]] = {}
+                for name, value in res.arrays.items():
+                    groups.setdefault(param_group(name), {})[name] = value
+                replies.append(ValidatedReply(site.name, groups, res.counts))
+        result = aggregator.aggregate(start, replies)
+        start.update(result.state if result.applied else {})
+        model.load_state_dict(start)
+    return model
+
+
+def evaluate_arm(
+    model: M3FM, sites: Sequence[SiteConfig], plan: ArmPlan
+) -> dict[str, Any]:
+    """Per-site and site-weighted test metrics of one model."""
+    per_site = {}
+    for site in sites:
+        data = build_site_dataset(
+            site, plan.preset, "test", augment=False, auxiliary=False
+        )
+        preds = predict_split(model, data, "cpu")
+        per_task = {t: task_metrics(t, p.outputs, p.targets) for t, p in preds.items()}
+        per_site[site.name] = flatten_for_reply(per_task)
+    return {"aggregate": aggregate_site_metrics(per_site), "sites": per_site}
+
+
+def run_comparison(
+    sites: Sequence[SiteConfig],
+    plan: ArmPlan,
+    *,
+    flower_model: Path | None = None,
+    progress: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train and evaluate every arm; returns the comparison as a JSON-ready dict."""
+    arms: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="m3fm-compare-") as tmp:
+        scratch = Path(tmp)
+        if flower_model is not None and flower_model.exists():
+            model = _fresh_model(plan)
+            model.load_state_dict(
+                torch.load(flower_model, map_location="cpu", weights_only=True)
+            )
+            arms["federated-flower-dp"] = evaluate_arm(model, sites, plan)
+        builders: list[tuple[str, Callable[[], M3FM]]] = []
+        for dp in (False, True):
+            tag = "-dp" if dp else ""
+            builders.append(
+                (
+                    f"federated{tag}",
+                    lambda dp=dp: train_federated(sites, plan, dp, scratch),
+                )
+            )
+            builders.append(
+                (
+                    f"centralised{tag}",
+                    lambda dp=dp: train_centralised(sites, plan, dp, scratch),
+                )
+            )
+            for s in sites:
+                builders.append(
+                    (
+                        f"site:{s.name}{tag}",
+                        lambda s=s, dp=dp: train_alone(s, plan, dp, scratch),
+                    )
+                )
+        for name, build in builders:
+            start = time.monotonic()
+            arms[name] = evaluate_arm(build(), sites, plan)
+            progress(
+                f"  {name:<28} trained and evaluated in {time.monotonic() - start:5.1f} s"
+            )
+    return {
+        "plan": plan.__dict__,
+        "split": "test",
+        "arms": arms,
+        "tasks": _shared_tasks(sites),
+    }
+
+
+def _shared_tasks(sites: Sequence[SiteConfig]) -> dict[str, list[str]]:
+    return {
+        t: sorted(s.name for s in sites if t in s.tasks)
+        for t in sorted({t for s in sites for t in s.tasks})
+    }
+
+
+def primary_metric(task: str, metrics: Mapping[str, float]) -> tuple[str, float] | None:
+    """The headline metric of a task in a flattened metric dict."""
+    for name in ("cindex", "auc", "accuracy"):
+        key = f"{task}.{name}"
+        if key in metrics:
+            return name, metrics[key]
+    return None
+
+
+def comparison_table(result: Mapping[str, Any]) -> str:
+    """Text table: tasks x arms (headline metric on the pooled test splits)."""
+    arms = list(result["arms"])
+    lines = [f"{'task':<18} {'metric':<7} " + " ".join(f"{a[:22]:>22}" for a in arms)]
+    for task in result["tasks"]:
+        cells, metric = [], "-"
+        for arm in arms:
+            got = primary_metric(task, result["arms"][arm]["aggregate"])
+            if got:
+                metric = got[0]
+            cells.append(f"{got[1]:22.3f}" if got else f"{'-':>22}")
+        lines.append(f"{task:<18} {metric:<7} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def write_comparison(result: Mapping[str, Any], path: Path) -> Path:
+    """Write comparison.json."""
+    path.write_text(json.dumps(result, indent=1, default=float), encoding="utf-8")
+    return path

