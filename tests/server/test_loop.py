@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from client.synth import synthesize_site
 from client.prepare import prepare_site
 from client.site_config import load_site_config
+from client.synth import synthesize_site
 from m3fm_model import build_model
 from server.loop import FederatedLoop
 from server.run_config import RunConfig
