@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from client.prepare import prepare_site
+from client.prepare import manifest_path, prepare_site
 from client.site_config import load_site_config
 from client.synth import synthesize_site
 
@@ -45,8 +45,11 @@ def ensure_sites(data_dir: Path) -> list[Path]:
             )
         config = ROOT / "site_configs" / f"{name}.toml"
         cfg = load_site_config(config)
-        index, _ = prepare_site(cfg, preset="tiny")
-        _say(f"prepared {name}: {sum(e.has_ct for e in index.entries)} CT exams cached")
+        if manifest_path(cfg, "tiny").exists():
+            _say(f"{name}: already prepared ({manifest_path(cfg, 'tiny')})")
+        else:
+            index, _ = prepare_site(cfg, preset="tiny")
+            _say(f"prepared {name}: {sum(e.has_ct for e in index.entries)} CT exams cached")
         configs.append(config)
     return configs
 

@@ -125,6 +125,8 @@ def flwr_run(
         "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus}",
         "--run-config", overrides,
     ]  # fmt: skip
+    if log_path:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         proc = subprocess.Popen(
