@@ -31,9 +31,7 @@ def _label_counts(
                 hz = [v for v in values if isinstance(v, HazardTarget)]
                 per[split] = {
                     "labelled": len(hz),
-                    "events": sum(
-                        int(v.targets[5] == 1 and v.observed[5]) for v in hz
-                    ),
+                    "events": sum(int(v.targets[5] == 1 and v.observed[5]) for v in hz),
                 }
             else:
                 counts = Counter(

@@ -49,7 +49,9 @@ def ensure_sites(data_dir: Path) -> list[Path]:
             _say(f"{name}: already prepared ({manifest_path(cfg, 'tiny')})")
         else:
             index, _ = prepare_site(cfg, preset="tiny")
-            _say(f"prepared {name}: {sum(e.has_ct for e in index.entries)} CT exams cached")
+            _say(
+                f"prepared {name}: {sum(e.has_ct for e in index.entries)} CT exams cached"
+            )
         configs.append(config)
     return configs
 

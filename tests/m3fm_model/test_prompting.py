@@ -65,7 +65,9 @@ def test_paraphrases_route_to_their_task(trained):
     _, router = trained
     got = [_routed(router, q) for _, q in PARAPHRASES]
     correct = sum(g == t for g, (t, _) in zip(got, PARAPHRASES, strict=True))
-    wrong = sum(g is not None and g != t for g, (t, _) in zip(got, PARAPHRASES, strict=True))
+    wrong = sum(
+        g is not None and g != t for g, (t, _) in zip(got, PARAPHRASES, strict=True)
+    )
     assert correct >= 8, got
     assert wrong <= 1, got
 
