@@ -63,6 +63,7 @@ def train_site(req: SiteRequest) -> SiteOutcome:
             "train",
             modality_dropout=instr.modality_dropout,
             seed=instr.seed + instr.server_round,
+            per_patient=site.privacy.enabled,
         )
     except ManifestError:
         logger.exception(

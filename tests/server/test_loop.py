@@ -197,3 +197,18 @@ def test_replies_carry_no_patient_data(sites, tmp_path):
         for s in sentinels:
             assert s not in blob
         assert all(isinstance(v, int | float) for v in content["metrics"].values())
+
+
+def test_dp_sites_sample_patients_not_examples(sites, tmp_path):
+    from client.site_dataset import load_manifest
+
+    grid = _grid(sites["dp"])
+    ls = FederatedLoop(grid, _cfg(tmp_path, **{"num-server-rounds": 1})).run()
+    for toml in sites["dp"]:
+        cfg = load_site_config(toml)
+        patients = {
+            e["patient_id"] for e in load_manifest(cfg, "tiny") if e["split"] == "train"
+        }
+        sent = ls.history.rounds[0].train[cfg.name]
+        assert sent["num-examples"] == len(patients)
+        assert not any("loss" in k for k in sent)  # losses stay at the site under DP
