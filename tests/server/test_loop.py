@@ -199,16 +199,27 @@ def test_replies_carry_no_patient_data(sites, tmp_path):
         assert all(isinstance(v, int | float) for v in content["metrics"].values())
 
 
-def test_dp_sites_sample_patients_not_examples(sites, tmp_path):
+def test_dp_sample_unit_and_spent_budget_refusal(tmp_path):
     from client.site_dataset import load_manifest
 
-    grid = _grid(sites["dp"])
-    ls = FederatedLoop(grid, _cfg(tmp_path, **{"num-server-rounds": 1})).run()
-    for toml in sites["dp"]:
-        cfg = load_site_config(toml)
-        patients = {
-            e["patient_id"] for e in load_manifest(cfg, "tiny") if e["split"] == "train"
-        }
-        sent = ls.history.rounds[0].train[cfg.name]
-        assert sent["num-examples"] == len(patients)
-        assert not any("loss" in k for k in sent)  # losses stay at the site under DP
+    tomls = [_site(tmp_path / "sites", "hospital_a", 1, True)]
+    cfg_site = load_site_config(tomls[0])
+    patients = {
+        e["patient_id"]
+        for e in load_manifest(cfg_site, "tiny")
+        if e["split"] == "train"
+    }
+    ls = FederatedLoop(
+        _grid(tomls), _cfg(tmp_path / "a", **{"num-server-rounds": 1})
+    ).run()
+    sent = ls.history.rounds[0].train[cfg_site.name]
+    assert sent["num-examples"] == len(patients)  # one item per patient under DP
+    assert not any("loss" in k for k in sent)  # losses stay at the site under DP
+    # The run planned its noise to use nearly the whole budget: a second run may only
+    # add releases that keep the ledger's epsilon within the site's budget.
+    again = FederatedLoop(
+        _grid(tomls, run_id=2), _cfg(tmp_path / "b", **{"num-server-rounds": 1})
+    ).run()
+    second = again.history.rounds[0].train[cfg_site.name]
+    assert sent["epsilon"] <= second["epsilon"] <= cfg_site.privacy.epsilon
+    assert second["noise-multiplier"] > sent["noise-multiplier"]
