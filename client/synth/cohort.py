@@ -36,7 +36,7 @@ class ExamRecord:
     """One CT exam of a patient.
 
     Attributes:
-        exam_id: Pseudonymous exam ID (AccessionNumber), e.g. "HA-E0007-1".
+        exam_id: Pseudonymous exam ID (AccessionNumber), "<prefix>-E<patient number>-<exam number>".
         number: 1 for the first exam, 2 for a follow-up.
         study_date: Date of the scan.
         study_time: HHMMSS of the scan.
@@ -66,7 +66,7 @@ class PatientRecord:
 
     Attributes:
         index: 1-based patient number within the site.
-        patient_id: Pseudonymous ID (PatientID), e.g. "HA-P0007".
+        patient_id: Pseudonymous ID (PatientID), "<prefix>-P<patient number>".
         given_name: Fake given name.
         family_name: Fake family name.
         middle_initial: One letter.

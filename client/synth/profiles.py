@@ -158,7 +158,7 @@ class Profile:
     Attributes:
         name: Site name.
         code: Small integer that separates the random streams of the profiles.
-        prefix: Prefix of pseudonymous IDs ("HA" -> "HA-P0007", "HA-E0007-1").
+        prefix: Prefix of pseudonymous IDs ("HA" gives patient IDs HA-P<n> and exam IDs HA-E<n>-<k>).
         scanner: Scanner conventions.
         cohort: Patient distributions.
         tables: Table conventions.
