@@ -13,6 +13,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -34,10 +35,20 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _bin_dir() -> str:
+    """The folder of this interpreter's console scripts (flwr, flower-superlink, ...)."""
+    return str(Path(sys.executable).parent)
+
+
 def sim_env(flwr_home: Path, http_port: int, control_port: int) -> dict[str, str]:
-    """Environment for the SuperLink and ``flwr`` CLI of one private simulation."""
+    """Environment for the SuperLink and ``flwr`` CLI of one private simulation.
+
+    The interpreter's script folder goes first on PATH: the SuperLink starts Flower's
+    own helper processes by name, and a venv need not be activated.
+    """
     env = dict(os.environ)
     env.update(BASE_ENV)
+    env["PATH"] = _bin_dir() + os.pathsep + env.get("PATH", "")
     env["FLWR_HOME"] = str(flwr_home)
     env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(http_port)
     env["FLWR_LOCAL_CONTROL_API_PORT"] = str(control_port)
@@ -81,7 +92,7 @@ def local_superlink(
     log_dir = flwr_home / "local-superlink"
     log_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
-        "flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+        str(Path(_bin_dir()) / "flower-superlink"), "--insecure", "--simulation", "--isolation", "subprocess",
         "--control-api-address", f"127.0.0.1:{control_port}",
         "--host", "127.0.0.1", "--port", str(http_port),
         "--database", str(log_dir / "state.db"), "--log-file", str(log_dir / "superlink.log"),
@@ -121,7 +132,7 @@ def flwr_run(
     """
     overrides = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
     cmd = [
-        "flwr", "run", str(app_dir), "--stream",
+        str(Path(_bin_dir()) / "flwr"), "run", str(app_dir), "--stream",
         "--federation-config", f"num-supernodes={num_supernodes} client-resources-num-cpus={num_cpus}",
         "--run-config", overrides,
     ]  # fmt: skip
