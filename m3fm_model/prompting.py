@@ -20,7 +20,7 @@ import torch
 from .m3fm import M3FM
 from .routing import ROUTE_THRESHOLD, pooled_question_embedding
 from .tasks import TASKS, AnswerKind, TaskSpec, decode_number3
-from .tokenizer import TextTokenizer
+from .tokenizer import TextTokenizer, load_tokenizer
 
 
 class UnknownQuestionError(ValueError):
@@ -178,15 +178,27 @@ def answer(
     exam: Exam,
     question: str,
     *,
-    tokenizer: TextTokenizer,
+    tokenizer: TextTokenizer | None = None,
     router: QuestionRouter | None = None,
 ) -> Answer:
     """Answer a free-text question about one exam.
+
+    Args:
+        model: the model.
+        exam: the exam's CT crop and/or clinical paragraph.
+        question: free text; routed to a task (see ``QuestionRouter``).
+        tokenizer: tokenizer of the model's vocabulary (default: the shipped one).
+        router: a prepared router (built on demand otherwise).
+
+    Returns:
+        The answer in words and numbers.
 
     Raises:
         UnknownQuestionError: the question matches no task.
         ValueError: the exam lacks the input the task needs (e.g. no CT and no text).
     """
+    if tokenizer is None:
+        tokenizer = router.tokenizer if router is not None else load_tokenizer()
     router = router or QuestionRouter(model, tokenizer)
     route = router.route(question)
     spec = router.specs[route.task]
