@@ -13,35 +13,34 @@ from dataclasses import asdict, dataclass, fields
 from enum import IntEnum
 from typing import Any
 
-_TASK = r"[a-z][a-z0-9_]*"
-TRAIN_METRIC_PATTERNS = tuple(
-    re.compile(p)
-    for p in (
-        r"status",
-        r"num-examples",
-        r"count\.trunk",
-        rf"count\.heads\.{_TASK}",
-        r"train-loss",
-        rf"loss\.{_TASK}",
-        r"steps",
-        r"epsilon",
-        r"delta",
-        r"noise-multiplier",
-        r"sample-rate",
-        r"seconds",
-    )
+TASK_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
+_TASK = TASK_PATTERN
+# Metric keys (regexes, matched in full) a train reply may carry.
+TRAIN_METRIC_KEYS: tuple[str, ...] = (
+    r"status",
+    r"num-examples",
+    r"count\.trunk",
+    rf"count\.heads\.{_TASK}",
+    r"train-loss",
+    rf"loss\.{_TASK}",
+    r"steps",
+    r"epsilon",
+    r"delta",
+    r"noise-multiplier",
+    r"sample-rate",
+    r"seconds",
 )
-EVALUATE_METRIC_PATTERNS = tuple(
-    re.compile(p)
-    for p in (
-        r"status",
-        r"num-examples",
-        r"loss",
-        r"seconds",
-        rf"{_TASK}\.(n|loss|auc|accuracy|balanced-accuracy|cindex|mae|digit-accuracy)",
-        rf"{_TASK}\.auc-y[1-6]",
-    )
+# Metric keys an evaluate reply may carry.
+EVALUATE_METRIC_KEYS: tuple[str, ...] = (
+    r"status",
+    r"num-examples",
+    r"loss",
+    r"seconds",
+    rf"{_TASK}\.(n|loss|auc|accuracy|balanced-accuracy|cindex|mae|digit-accuracy)",
+    rf"{_TASK}\.auc-y[1-6]",
 )
+TRAIN_METRIC_PATTERNS = tuple(re.compile(p) for p in TRAIN_METRIC_KEYS)
+EVALUATE_METRIC_PATTERNS = tuple(re.compile(p) for p in EVALUATE_METRIC_KEYS)
 
 
 class Status(IntEnum):

@@ -16,34 +16,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from client.records import EVALUATE_METRIC_KEYS, TASK_PATTERN, TRAIN_METRIC_KEYS
 from client.scope import param_group
 from server.transfer import decode_array, dtype_tag, wire_dtype
 
-_TASK = r"[A-Za-z_][A-Za-z0-9_]*"
-# Train-reply metric keys allowed by docs/records.md.
-TRAIN_METRIC_PATTERNS: tuple[str, ...] = (
-    r"status",
-    r"num-examples",
-    r"count\.trunk",
-    rf"count\.heads\.{_TASK}",
-    r"train-loss",
-    rf"loss\.{_TASK}",
-    r"steps",
-    r"epsilon",
-    r"delta",
-    r"noise-multiplier",
-    r"sample-rate",
-    r"seconds",
-)
-# Evaluate-reply metric keys allowed by docs/records.md.
-EVALUATE_METRIC_PATTERNS: tuple[str, ...] = (
-    r"status",
-    r"num-examples",
-    r"loss",
-    rf"{_TASK}\.(n|loss|auc|accuracy)",
-    r"cancer_risk\.cindex",
-    r"cancer_risk\.auc-y[1-6]",
-)
+_TASK = TASK_PATTERN
+# The allow-lists of docs/records.md, shared with the sites (client/records.py).
+TRAIN_METRIC_PATTERNS: tuple[str, ...] = TRAIN_METRIC_KEYS
+EVALUATE_METRIC_PATTERNS: tuple[str, ...] = EVALUATE_METRIC_KEYS
 STATUS_OK = 0
 STATUS_CODES = (0, 1, 2, 3, 4)
 _CHUNK = 1 << 20  # elements per slice of the update-norm computation
