@@ -223,3 +223,19 @@ def test_dp_sample_unit_and_spent_budget_refusal(tmp_path):
     second = again.history.rounds[0].train[cfg_site.name]
     assert sent["epsilon"] <= second["epsilon"] <= cfg_site.privacy.epsilon
     assert second["noise-multiplier"] > sent["noise-multiplier"]
+
+
+def test_unprepared_site_replies_a_code_and_the_round_goes_on(sites, tmp_path):
+    import shutil
+
+    # A copy of a site whose cache was never prepared: it must answer with status 2.
+    src = Path(sites["plain"][1]).parent
+    dst = tmp_path / "unprepared"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("cache", "state"))
+    grid = _grid([sites["plain"][0], dst / "site.toml"])
+    ls = FederatedLoop(grid, _cfg(tmp_path / "run", **{"num-server-rounds": 1})).run()
+    rec = ls.history.rounds[0]
+    assert rec.train["hospital_c"]["status"] == 2
+    assert rec.aggregation["applied"]
+    for reply in grid.replies:
+        assert set(reply.content.keys()) <= {"arrays", "metrics", "site"}
