@@ -30,10 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from any folder
     sys.path.insert(0, str(ROOT))
 
+from bench.timing import interleaved  # noqa: E402
+from bench.timing import row as result_row  # noqa: E402
 from server.aggregation import TaskAwareAggregator  # noqa: E402
 from server.transfer import decode_array, record_arrays  # noqa: E402
 from server.validation import (  # noqa: E402
@@ -56,31 +55,6 @@ from server.validation import (  # noqa: E402
 logger = logging.getLogger("bench_aggregation")
 K = 4
 ARRAY_SIZE = 200_000  # 50 arrays of 800 kB at 10 M parameters
-
-
-def _interleaved(
-    variants: dict[str, Callable[[], object]], repeats: int
-) -> dict[str, float]:
-    """Median seconds per variant; the variants alternate within each repeat."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for rep in range(repeats + 1):  # repeat 0 warms caches and is dropped
-        for name in names if rep % 2 else reversed(names):
-            start = time.perf_counter()
-            variants[name]()
-            if rep:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _row(name: str, ratio: float, target: str, meets: bool, **extra) -> dict:
-    return {
-        "name": name,
-        "ratio": round(ratio, 2),
-        "target": target,
-        "meets": bool(meets),
-        **extra,
-    }
 
 
 def _setup(num_params: int) -> tuple[dict[str, torch.Tensor], list[RecordDict]]:
@@ -137,7 +111,7 @@ def bench_fedavg(num_params: int, repeats: int) -> list[dict]:
     decoded = _replies(records)
     agg = TaskAwareAggregator("fedavg", in_place=True)
     fresh = TaskAwareAggregator("fedavg")
-    t = _interleaved(
+    t = interleaved(
         {
             "stream_read": lambda: float(stream.sum()),
             "ours": lambda: agg.aggregate(glob, _replies(records)),
@@ -160,10 +134,12 @@ def bench_fedavg(num_params: int, repeats: int) -> list[dict]:
     ours, only = t["ours"] / bound, t["aggregate_only"] / bound
     flower, val = t["flower"] / t["ours"], t["validate"] / (2 * bound)
     return [
-        _row("fedavg_ours_vs_read_bound", ours, "<= 1.5", ours <= 1.5, **extra),
-        _row("fedavg_aggregate_only_vs_bound", only, "<= 1.5", only <= 1.5, **extra),
-        _row("fedavg_flower_vs_ours", flower, ">= 2", flower >= 2, **extra),
-        _row("validate_vs_read_bound", val, "<= 2", val <= 2, **extra),
+        result_row("fedavg_ours_vs_read_bound", ours, "<= 1.5", ours <= 1.5, **extra),
+        result_row(
+            "fedavg_aggregate_only_vs_bound", only, "<= 1.5", only <= 1.5, **extra
+        ),
+        result_row("fedavg_flower_vs_ours", flower, ">= 2", flower >= 2, **extra),
+        result_row("validate_vs_read_bound", val, "<= 2", val <= 2, **extra),
     ]
 
 

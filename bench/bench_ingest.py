@@ -25,11 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script from any folder
     sys.path.insert(0, str(ROOT))
 
+from bench.timing import interleaved  # noqa: E402
+from bench.timing import row as result_row  # noqa: E402
 from client.cache import CacheKey, ExamCache, cached_crops  # noqa: E402
 from client.dicom_ingest import ingest_site, load_ct_volume  # noqa: E402
 from client.preprocess import HEART_SPEC, LUNG_SPEC, preprocess_exam  # noqa: E402
@@ -48,31 +47,6 @@ from tests.client.dicom_fixtures import make_phantom, write_series  # noqa: E402
 
 logger = logging.getLogger("bench_ingest")
 SPECS = (LUNG_SPEC, HEART_SPEC)
-
-
-def _interleaved(
-    variants: dict[str, Callable[[], object]], repeats: int
-) -> dict[str, float]:
-    """Median seconds per variant; the variants alternate within each repeat."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for rep in range(repeats + 1):  # repeat 0 warms caches and is dropped
-        for name in names if rep % 2 else reversed(names):
-            start = time.perf_counter()
-            variants[name]()
-            if rep:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def _row(name: str, ratio: float, target: str, meets: bool, **extra) -> dict:
-    return {
-        "name": name,
-        "ratio": round(ratio, 2),
-        "target": target,
-        "meets": bool(meets),
-        **extra,
-    }
 
 
 def _read_bytes(folder: Path) -> int:
@@ -87,7 +61,7 @@ def _ingest(folder: Path, preprocess: bool) -> None:
 
 def bench_ingest(folder: Path, repeats: int) -> list[dict]:
     """(a) ingestion (+ preprocessing) of one series vs reading its bytes."""
-    t = _interleaved(
+    t = interleaved(
         {
             "raw": lambda: _read_bytes(folder),
             "ingest": lambda: _ingest(folder, preprocess=False),
@@ -98,8 +72,8 @@ def bench_ingest(folder: Path, repeats: int) -> list[dict]:
     ms = {k: round(v * 1000, 1) for k, v in t.items()}
     both, ingest = t["ingest_preprocess"] / t["raw"], t["ingest"] / t["raw"]
     return [
-        _row("ingest_preprocess_vs_raw_read", both, "<= 300", both <= 300, ms=ms),
-        _row("ingest_vs_raw_read", ingest, "<= 50", ingest <= 50, ms=ms),
+        result_row("ingest_preprocess_vs_raw_read", both, "<= 300", both <= 300, ms=ms),
+        result_row("ingest_vs_raw_read", ingest, "<= 50", ingest <= 50, ms=ms),
     ]
 
 
@@ -109,7 +83,7 @@ def bench_resize(folder: Path, repeats: int) -> dict:
     region = torch.from_numpy(exam.volume.hu[8:88, 20:236, 30:226].copy())[None]
     resize = Resize(spatial_size=LUNG_SPEC.crop_size, mode="trilinear")
     size = LUNG_SPEC.crop_size
-    t = _interleaved(
+    t = interleaved(
         {
             "monai": lambda: resize(region),
             "torch": lambda: F.interpolate(region[None], size=size, mode="trilinear"),
@@ -118,7 +92,7 @@ def bench_resize(folder: Path, repeats: int) -> dict:
     )
     ratio = t["monai"] / t["torch"]
     ms = {k: round(v * 1000, 1) for k, v in t.items()}
-    return _row("monai_resize_vs_torch", ratio, "<= 1.25", ratio <= 1.25, ms=ms)
+    return result_row("monai_resize_vs_torch", ratio, "<= 1.25", ratio <= 1.25, ms=ms)
 
 
 def _cached_epoch(cache: ExamCache | Path, keys: list[CacheKey]) -> None:
@@ -143,7 +117,7 @@ def bench_cache(root: Path, n_exams: int, repeats: int) -> dict:
     for exam in site:
         cached_crops(cache, exam.volume, SPECS)
         keys += [CacheKey.for_spec(exam.volume.content_hash, s) for s in SPECS]
-    t = _interleaved(
+    t = interleaved(
         {
             "cached": lambda: _cached_epoch(cache, keys),
             "cached_verified": lambda: _cached_epoch(cache.root, keys),
@@ -153,7 +127,7 @@ def bench_cache(root: Path, n_exams: int, repeats: int) -> dict:
     )
     ratio = t["uncached"] / t["cached"]
     ms = {k: round(v * 1000, 1) for k, v in t.items()}
-    return _row(
+    return result_row(
         "cached_vs_uncached_epoch", ratio, ">= 20", ratio >= 20, ms=ms, exams=n_exams
     )
 

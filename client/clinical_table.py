@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from m3fm_model.clinical import ClinicalValueError, normalize_record, serialize
 
 from .site_config import TableSource
-from .tables import RowIssue, cell_text, read_table, require_columns
+from .tables import (
+    RowIssue,
+    cell_text,
+    id_columns,
+    keyed_rows,
+    read_table,
+    require_columns,
+)
 
 # Fields whose absence is a data-quality problem; an empty disease, cancer, family or
 # exposure column usually just means "no".
@@ -102,41 +109,12 @@ def load_clinical_table(
         TableError: unreadable table or a configured column missing.
     """
     frame = read_table(src.path)
-    id_cols = [src.patient_id_column] + (
-        [src.exam_id_column] if src.exam_id_column else []
-    )
-    require_columns(frame, src.path, id_cols, "ID columns")
+    require_columns(frame, src.path, id_columns(src), "ID columns")
     require_columns(frame, src.path, src.columns.values(), "[clinical.columns]")
     rows: dict[tuple[str, str | None], ClinicalRow] = {}
     issues: list[RowIssue] = []
     path = str(src.path)
-    for i, row in enumerate(frame.to_dict(orient="records"), start=1):
-        pid = cell_text(row.get(src.patient_id_column))
-        eid = cell_text(row.get(src.exam_id_column)) if src.exam_id_column else None
-        if pid is None or (src.exam_id_column and eid is None):
-            issues.append(
-                RowIssue(
-                    "missing_id",
-                    path,
-                    i,
-                    "/".join(id_cols),
-                    "row without an ID skipped",
-                    "error",
-                )
-            )
-            continue
-        if (pid, eid) in rows:
-            issues.append(
-                RowIssue(
-                    "duplicate_row",
-                    path,
-                    i,
-                    "/".join(id_cols),
-                    f"second row for {pid}/{eid} skipped",
-                    "error",
-                )
-            )
-            continue
+    for i, pid, eid, row in keyed_rows(frame, src, issues):
         raw = _raw_record(row, src)
         row_id = f"{pid}/{eid}" if eid else pid
         missing = [f for f in src.columns if f in CORE_FIELDS and f not in raw]

@@ -13,7 +13,14 @@ from m3fm_model.losses import cancer_risk_targets
 from m3fm_model.tasks import TASKS, AnswerKind, TaskSpec
 
 from .site_config import CancerRiskColumns, TableSource
-from .tables import RowIssue, cell_text, read_table, require_columns
+from .tables import (
+    RowIssue,
+    cell_text,
+    id_columns,
+    keyed_rows,
+    read_table,
+    require_columns,
+)
 
 _TRUE = {"1", "yes", "true", "y", "positive"}
 _FALSE = {"0", "no", "false", "n", "negative"}
@@ -105,9 +112,6 @@ def load_labels_table(
         TableError: unreadable table or a configured column missing.
     """
     frame = read_table(src.path)
-    id_cols = [src.patient_id_column] + (
-        [src.exam_id_column] if src.exam_id_column else []
-    )
     cols: list[str] = []
     for col in src.columns.values():
         cols += (
@@ -115,35 +119,9 @@ def load_labels_table(
             if isinstance(col, CancerRiskColumns)
             else [col]
         )
-    require_columns(frame, src.path, id_cols + cols, "[labels]")
+    require_columns(frame, src.path, id_columns(src) + cols, "[labels]")
     out: dict[tuple[str, str | None], dict[str, Label]] = {}
     issues: list[RowIssue] = []
-    for i, row in enumerate(frame.to_dict(orient="records"), start=1):
-        pid = cell_text(row.get(src.patient_id_column))
-        eid = cell_text(row.get(src.exam_id_column)) if src.exam_id_column else None
-        if pid is None or (src.exam_id_column and eid is None):
-            issues.append(
-                RowIssue(
-                    "missing_id",
-                    str(src.path),
-                    i,
-                    "/".join(id_cols),
-                    "row without an ID skipped",
-                    "error",
-                )
-            )
-            continue
-        if (pid, eid) in out:
-            issues.append(
-                RowIssue(
-                    "duplicate_row",
-                    str(src.path),
-                    i,
-                    "/".join(id_cols),
-                    f"second row for {pid}/{eid} skipped",
-                    "error",
-                )
-            )
-            continue
+    for i, pid, eid, row in keyed_rows(frame, src, issues):
         out[(pid, eid)] = _row_labels(row, src, issues, i)
     return out, issues

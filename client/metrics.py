@@ -16,35 +16,25 @@ import numpy as np
 
 from m3fm_model.tasks import TASKS, AnswerKind, TaskSpec
 
+from . import metrics_basic
+from .metrics_basic import *  # noqa: F403  (re-exported, see __all__)
 from .metrics_basic import (
     YEARS,
     _hazard_arrays,
     _vector,
     accuracy,
     balanced_accuracy,
-    brier_score,
     cindex,
     multiclass_auc,
     per_year_auc,
-    reliability_curve,
     roc_auc,
-    sensitivity_at_specificity,
     times_from_targets,
 )
 
 __all__ = [
+    *metrics_basic.__all__,
     "IGNORE_LABEL",
     "REPLY_METRICS",
-    "roc_auc",
-    "multiclass_auc",
-    "accuracy",
-    "balanced_accuracy",
-    "sensitivity_at_specificity",
-    "brier_score",
-    "reliability_curve",
-    "times_from_targets",
-    "cindex",
-    "per_year_auc",
     "task_metrics",
     "bootstrap_ci",
     "flatten_for_reply",

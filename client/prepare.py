@@ -76,14 +76,16 @@ def prepare_site(
     cache = ExamCache(cfg.cache_dir / "crops")
     crops: dict[str, dict[str, dict[str, Any]]] = {}
 
+    fingerprints = {s.roi: preprocessing_fingerprint(s) for s in specs}
+
     def on_volume(entry: ExamEntry, volume: CTVolume) -> None:
         got = cached_crops(cache, volume, specs)
         crops[entry.exam_id] = {
             roi: {
-                "key": asdict(CacheKey.for_spec(volume.content_hash, spec)),
+                "key": asdict(CacheKey(volume.content_hash, fingerprints[roi], roi)),
                 "spacing_mm": list(got[roi].spacing_mm),
             }
-            for roi, spec in ((s.roi, s) for s in specs)
+            for roi in fingerprints
         }
 
     index = build_site_index(cfg, on_volume=on_volume, progress=progress)

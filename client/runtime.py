@@ -55,6 +55,16 @@ def cached_site(path: Path) -> SiteConfig:
 _MODELS: dict[tuple[str, str, int], M3FM] = {}
 
 
+def seeded_model(preset: str, seed: int) -> M3FM:
+    """The run's initial model: ``build_model(preset)`` after seeding torch with ``seed``.
+
+    The server and every site build it the same way, so parameters that never travel
+    agree everywhere.
+    """
+    torch.manual_seed(seed)
+    return build_model(preset)
+
+
 def global_model(run_key: str, preset: str, seed: int) -> M3FM:
     """This process's copy of the run's global model.
 
@@ -65,8 +75,7 @@ def global_model(run_key: str, preset: str, seed: int) -> M3FM:
     key = (run_key, preset, seed)
     if key not in _MODELS:
         _MODELS.clear()  # one run at a time per process: free the previous model
-        torch.manual_seed(seed)
-        _MODELS[key] = build_model(preset)
+        _MODELS[key] = seeded_model(preset, seed)
     return _MODELS[key]
 
 

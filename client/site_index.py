@@ -183,9 +183,9 @@ def _join_tables(
                 )
             )
         entry.labels = dict(_lookup(labels, entry.patient_id, entry.exam_id) or {})  # type: ignore[arg-type]
-    known = {pid for pid, _ in entries} | {(pid, eid) for pid, eid in entries}
+    patients_with_ct = {pid for pid, _ in entries}
     for (pid, eid), row in clinical.items():
-        if (pid, eid) in entries or (eid is None and pid in known):
+        if (pid, eid) in entries or (eid is None and pid in patients_with_ct):
             continue
         # A row whose exam has no DICOM series: keep it as a text-only exam.
         exam_id = eid or f"{pid}-text"

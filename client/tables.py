@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from .site_config import TableSource
 
 _READERS = {
     ".csv": lambda p: pd.read_csv(p, dtype=str, keep_default_na=False, na_values=[""]),
@@ -84,3 +86,50 @@ def cell_text(value: object) -> str | None:
     if isinstance(value, float) and value.is_integer():
         text = str(int(value))
     return text or None
+
+
+def id_columns(src: TableSource) -> list[str]:
+    """The configured ID columns of a table (patient, then exam when configured)."""
+    return [src.patient_id_column] + (
+        [src.exam_id_column] if src.exam_id_column else []
+    )
+
+
+def keyed_rows(
+    frame: pd.DataFrame, src: TableSource, issues: list[RowIssue]
+) -> Iterator[tuple[int, str, str | None, dict[str, object]]]:
+    """Rows as (row number, patient ID, exam ID or None, row), first row per key only.
+
+    A row without its IDs, or repeating an earlier row's IDs, is skipped and reported.
+    """
+    seen: set[tuple[str, str | None]] = set()
+    where = "/".join(id_columns(src))
+    for i, row in enumerate(frame.to_dict(orient="records"), start=1):
+        pid = cell_text(row.get(src.patient_id_column))
+        eid = cell_text(row.get(src.exam_id_column)) if src.exam_id_column else None
+        if pid is None or (src.exam_id_column and eid is None):
+            issues.append(
+                RowIssue(
+                    "missing_id",
+                    str(src.path),
+                    i,
+                    where,
+                    "row without an ID skipped",
+                    "error",
+                )
+            )
+            continue
+        if (pid, eid) in seen:
+            issues.append(
+                RowIssue(
+                    "duplicate_row",
+                    str(src.path),
+                    i,
+                    where,
+                    f"second row for {pid}/{eid} skipped",
+                    "error",
+                )
+            )
+            continue
+        seen.add((pid, eid))
+        yield i, pid, eid, row

@@ -10,7 +10,6 @@ the metric code.
 
 from __future__ import annotations
 
-import enum
 import logging
 import secrets
 import time
@@ -26,6 +25,7 @@ from m3fm_model.m3fm import M3FM
 
 from .local_step import PlainStepper, PrivateStepper, Stepper, autocast
 from .privacy_ledger import PrivacyBudgetExhausted, PrivacyLedger, plan_noise_multiplier
+from .records import Status
 from .scope import check_scope, group_names, scope_names, scope_state, set_trainable
 from .site_batch import M3FMBatch, collate_parts
 from .site_config import SiteConfig
@@ -42,12 +42,8 @@ GRAD_SAMPLE_MODES = ("hooks", "functorch")
 _SITE_OWNED = ("dp", "max_grad_norm", "epsilon_budget", "delta", "device", "threads")
 
 
-class TrainStatus(enum.IntEnum):
-    """Reply status codes (docs/records.md)."""
-
-    OK = 0
-    BUDGET_EXHAUSTED = 1
-    NO_DATA = 2
+# The reply status codes of docs/records.md (one definition, in client/records.py).
+TrainStatus = Status
 
 
 @dataclass(frozen=True)

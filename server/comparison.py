@@ -26,6 +26,7 @@ import torch
 from client.cache import CachedCrop, CacheKey, ExamCache
 from client.metrics import aggregate_site_metrics, flatten_for_reply, task_metrics
 from client.privacy_ledger import PrivacyLedger
+from client.runtime import seeded_model
 from client.scope import param_group
 from client.site_config import SiteConfig
 from client.site_dataset import (
@@ -35,7 +36,7 @@ from client.site_dataset import (
     load_manifest,
 )
 from client.train import TrainConfig, predict_split, train_one_round
-from m3fm_model import M3FM, build_model
+from m3fm_model import M3FM
 from m3fm_model.config import preset_config
 
 from .aggregation import TaskAwareAggregator
@@ -74,8 +75,7 @@ class ArmPlan:
 
 
 def _fresh_model(plan: ArmPlan) -> M3FM:
-    torch.manual_seed(plan.seed)
-    return build_model(plan.preset)
+    return seeded_model(plan.preset, plan.seed)
 
 
 def _train_cfg(

@@ -23,8 +23,8 @@ from client.records import (
     Instruction,
     filter_metrics,
 )
+from client.runtime import seeded_model
 from client.scope import scope_names
-from m3fm_model import build_model
 
 from .aggregation import TaskAwareAggregator
 from .central_dp import CentralDp, make_central_dp
@@ -69,8 +69,7 @@ class FederatedLoop:
         self.grid, self.cfg = grid, cfg
         self.run_dir = cfg.run_dir
         self.ckpt = RunCheckpointer(self.run_dir)
-        torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg.preset)
+        self.model = seeded_model(cfg.preset, cfg.seed)
         self.travel = scope_names(self.model, cfg.trainable_scope)
         self.tasks = self.model.tasks
         self.aggregator = TaskAwareAggregator(

@@ -16,7 +16,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from client.records import EVALUATE_METRIC_KEYS, TASK_PATTERN, TRAIN_METRIC_KEYS
+from client.records import (
+    EVALUATE_METRIC_KEYS,
+    TASK_PATTERN,
+    TRAIN_METRIC_KEYS,
+    Status,
+)
 from client.scope import param_group
 from server.transfer import decode_array, dtype_tag, wire_dtype
 
@@ -24,8 +29,8 @@ _TASK = TASK_PATTERN
 # The allow-lists of docs/records.md, shared with the sites (client/records.py).
 TRAIN_METRIC_PATTERNS: tuple[str, ...] = TRAIN_METRIC_KEYS
 EVALUATE_METRIC_PATTERNS: tuple[str, ...] = EVALUATE_METRIC_KEYS
-STATUS_OK = 0
-STATUS_CODES = (0, 1, 2, 3, 4)
+STATUS_OK = int(Status.OK)
+STATUS_CODES = tuple(int(s) for s in Status)
 _CHUNK = 1 << 20  # elements per slice of the update-norm computation
 
 # Rejection codes.

@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from client.synth.profiles import CohortSpec
+from m3fm_model.clinical import CLINICAL_FIELDS
 
 __all__ = [
     "RACES",
@@ -28,24 +29,11 @@ __all__ = [
     "sigmoid",
 ]
 
-RACES = (
-    "white",
-    "black or african-american",
-    "asian",
-    "american indian or alaskan native",
-    "native hawaiian or other pacific islander",
-    "more than one race",
-)
-ETHNICITIES = ("hispanic or latino", "neither hispanic nor latino")
-EDUCATION = (
-    "8th grade or less",
-    "9th-11th grade",
-    "high school graduate/ged",
-    "post high school training",
-    "associate degree/ some college",
-    "bachelors degree",
-    "graduate school",
-)
+# Category spellings (and their order, which the cohorts' probabilities follow) come
+# from the clinical data dictionary.
+RACES = CLINICAL_FIELDS["race"].allowed
+ETHNICITIES = CLINICAL_FIELDS["ethnicity"].allowed
+EDUCATION = CLINICAL_FIELDS["education"].allowed
 # Base prevalence at about 60 years of age (before cohort and risk shifts).
 DISEASES: dict[str, float] = {
     "asbestosis": 0.005, "asthma": 0.08, "bronchiectasis": 0.01,

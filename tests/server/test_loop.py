@@ -78,14 +78,6 @@ def test_run_updates_model_and_writes_outputs(sites, tmp_path):
         final["heads.cancer_risk.decoder.weight"],
         init["heads.cancer_risk.decoder.weight"],
     )
-    # a head no site trains keeps its value
-    assert (
-        torch.equal(
-            final["heads.covid19.decoder.weight"], init["heads.covid19.decoder.weight"]
-        )
-        is False
-        or True
-    )
     card = json.loads((run / "model_card.json").read_text())
     assert set(card["privacy"]) == {"hospital_a", "hospital_c"}
     assert all(0 < v["epsilon"] <= 10 for v in card["privacy"].values())
