@@ -4,16 +4,23 @@ The weighted mean reads each site's array once, straight from the received buffe
 (float32, float16 or bfloat16 views), and accumulates into one float32 tensor per array:
 no per-site temporaries. It can write into an existing tensor (``out``): new memory costs
 a page fault per 4 kB page on first touch, as much as the arithmetic on this machine.
+
+Same-dtype float32/float64 inputs go through BLAS ``axpy`` (scipy's bindings) instead of
+``Tensor.add_(x, alpha=a)``: torch's scalar-alpha add measured 1.7-1.8x the streaming-read
+bound for K = 4 replies on one core, BLAS axpy 1.2-1.35x (``make bench``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
+from scipy.linalg import blas
 
 _CHUNK = 1 << 20  # elements per slice for the robust (sorting) methods
 _SLICE = 1 << 18  # elements per accumulator slice (1 MiB of float32: stays in L2)
+_AXPY = {torch.float32: blas.saxpy, torch.float64: blas.daxpy}
 
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -83,6 +90,9 @@ def _accumulate(
     base_coef: float,
     in_place_base: bool,
 ) -> None:
+    if _blas_ok(o, xs, base):
+        _accumulate_blas(o, xs, alphas, base, base_coef, in_place_base)
+        return
     start = 0
     if base is not None:
         if not in_place_base:
@@ -96,6 +106,48 @@ def _accumulate(
         start = 1
     for x, a in zip(xs[start:], alphas[start:], strict=True):
         o.add_(x, alpha=a)
+
+
+def _blas_ok(
+    o: torch.Tensor, xs: list[torch.Tensor], base: torch.Tensor | None
+) -> bool:
+    """Whether every operand is a contiguous CPU tensor of the accumulator's dtype."""
+    dtype = o.dtype
+    if dtype not in _AXPY or o.device.type != "cpu" or not o.is_contiguous():
+        return False
+    operands = xs if base is None else [*xs, base]
+    return all(
+        t.dtype == dtype and t.device.type == "cpu" and t.is_contiguous()
+        for t in operands
+    )
+
+
+def _flat_numpy(t: torch.Tensor) -> np.ndarray:
+    """1-D numpy view of a contiguous CPU tensor (no copy)."""
+    return t.detach().view(-1).numpy()
+
+
+def _accumulate_blas(
+    o: torch.Tensor,
+    xs: list[torch.Tensor],
+    alphas: Sequence[float],
+    base: torch.Tensor | None,
+    base_coef: float,
+    in_place_base: bool,
+) -> None:
+    """``_accumulate`` with one BLAS axpy per input (``o += a * x`` in one pass)."""
+    axpy = _AXPY[o.dtype]
+    acc = _flat_numpy(o)
+    if base is not None:
+        if not in_place_base:
+            np.copyto(acc, _flat_numpy(base))
+        acc *= base_coef
+        start = 0
+    else:
+        np.multiply(_flat_numpy(xs[0]), alphas[0], out=acc)
+        start = 1
+    for x, a in zip(xs[start:], alphas[start:], strict=True):
+        axpy(_flat_numpy(x), acc, a=a)  # in place: returns ``acc`` itself
 
 
 def robust_combine(
