@@ -107,6 +107,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset", default="tiny", help="model preset whose crop sizes to prepare"
     )
     r.set_defaults(func=_cmd_prepare)
+    from .evaluation.commands import add_site_commands
+
+    add_site_commands(sub)
+    from .deploy_commands import add_deploy_commands
+
+    add_deploy_commands(sub)
     return p
 
 

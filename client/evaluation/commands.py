@@ -1,0 +1,114 @@
+"""The ``m3fm-site`` subcommands of this package: evaluate, predict, explain, adapt.
+
+Each command writes only into its ``--out`` folder (default: a folder under the
+site's state directory) and reports bad input as one ``ValueError`` message that
+``client.cli`` prints without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ProgressFactory = Callable[[str], Any]
+
+
+def progress_bar(desc: str) -> Callable[[Any, int], Any]:
+    """A tqdm progress-bar wrapper on stderr for an iterable of batches."""
+    from tqdm import tqdm
+
+    def wrap(items: Any, total: int) -> Any:
+        return tqdm(items, total=total, desc=desc, unit="batch", file=sys.stderr)
+
+    return wrap
+
+
+def _out_dir(args: argparse.Namespace, cfg: Any | None, default: str) -> Path | None:
+    if args.out:
+        return Path(args.out).expanduser().resolve()
+    if cfg is not None:
+        return cfg.state_dir / default
+    return None
+
+
+def _cmd_evaluate(args: argparse.Namespace, progress: ProgressFactory) -> int:
+    from ..site_config import load_site_config
+    from .evaluate import EvalOptions, evaluate_site, format_table, write_outputs
+    from .model_io import load_model
+    from .subgroups import load_groups_table
+
+    cfg = load_site_config(args.site_config)
+    models = [load_model(p, preset=args.preset) for p in [args.model, *args.compare]]
+    opts = EvalOptions(
+        split=args.split,
+        n_boot=args.bootstrap,
+        specificity=args.specificity,
+        subgroups=tuple(args.by or ("gender", "age")),
+        device=args.device or cfg.compute.device,
+        seed=args.seed,
+    )
+    groups = load_groups_table(args.groups) if args.groups else None
+    payload = evaluate_site(
+        cfg, models, opts, groups=groups, progress=progress("evaluating")
+    )
+    print(format_table(payload))
+    metrics, report = write_outputs(
+        payload, _out_dir(args, cfg, f"evaluation-{args.split}")
+    )
+    print(f"\nmetrics: {metrics}\nreport:  {report}")
+    return 0 if payload["tasks"] else 1
+
+
+def _add_evaluate(sub: Any, progress: ProgressFactory) -> None:
+    e = sub.add_parser(
+        "evaluate",
+        help="metrics with 95%% CIs of one or more models on the site's data",
+    )
+    e.add_argument(
+        "--model", required=True, help="checkpoint (final_model.pt or model.pt)"
+    )
+    e.add_argument("--site-config", required=True)
+    e.add_argument("--split", default="test", choices=("train", "val", "test"))
+    e.add_argument(
+        "--compare",
+        nargs="*",
+        default=[],
+        metavar="CKPT",
+        help="models to set side by side",
+    )
+    e.add_argument(
+        "--preset", help="preset when no model card is beside the checkpoint"
+    )
+    e.add_argument(
+        "--by", action="append", metavar="FIELD",
+        help="subgroup field (repeatable): a clinical data type, 'ct', or a --groups "
+        "column (default: gender and age)",
+    )  # fmt: skip
+    e.add_argument(
+        "--groups", help="table with exam_id + extra subgroup columns (scanner)"
+    )
+    e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    e.add_argument("--specificity", type=float, default=0.9)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--device", help="cpu, cuda, ... (default: the site config's)")
+    e.add_argument(
+        "--out", help="output folder (default: <state-dir>/evaluation-<split>)"
+    )
+    e.set_defaults(func=lambda a: _cmd_evaluate(a, progress))
+
+
+def add_site_commands(sub: Any, progress: ProgressFactory = progress_bar) -> None:
+    """Register evaluate, predict, explain and adapt on ``m3fm-site``'s subparsers.
+
+    Args:
+        sub: The subparsers action of the ``m3fm-site`` parser.
+        progress: Description -> progress-bar wrapper.
+    """
+    _add_evaluate(sub, progress)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
