@@ -48,6 +48,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 AIR_HU = -1024.0  # physical minimum; lower values are FOV padding, clipped to this
+# Refused before any pixel is decoded, so a hostile header cannot make the site
+# allocate: at most 4096 x 4096 pixels per slice and 2**30 voxels (4 GiB of float32)
+# per volume, which a 2,000-slice 512 x 512 chest CT (5.2e8 voxels) stays well under.
+MAX_MATRIX = 4096
+MAX_VOXELS = 2**30
+# Physically plausible voxel sizes in mm; anything outside is a broken header.
+MIN_SPACING_MM = 0.01
+MAX_SPACING_MM = 50.0
 _GEOMETRY_FIELDS = (
     ("orientation", "ImageOrientationPatient"),
     ("rows", "Rows"),
@@ -134,8 +142,11 @@ def _decode(series: SeriesInfo, index: int, data: bytes) -> np.ndarray:
     stored = ds.pixel_array
     if stored.shape != (header.rows, header.cols):
         raise ValueError(f"pixel array shape {stored.shape} != Rows x Columns")
-    hu = stored.astype(np.float32) * np.float32(header.slope)
-    hu += np.float32(header.intercept)
+    with np.errstate(over="ignore", invalid="ignore"):
+        hu = stored.astype(np.float32) * np.float32(header.slope)
+        hu += np.float32(header.intercept)
+    if not np.isfinite(hu).all():
+        raise ValueError("RescaleSlope/RescaleIntercept give non-finite HU values")
     padding = ds.get("PixelPaddingValue")
     if isinstance(padding, int):
         hu[stored == padding] = AIR_HU
@@ -242,12 +253,42 @@ def _plan(series: SeriesInfo) -> tuple[SlicePlan | None, list[IngestIssue]]:
     return (None if plan.error else plan), issues
 
 
+def _size_issue(series: SeriesInfo, plan: SlicePlan) -> IngestIssue | None:
+    """Refuse absurd matrix sizes, voxel counts and spacings before allocating."""
+    rows, cols = series.rows, series.cols
+    if max(rows, cols) > MAX_MATRIX:
+        msg = (
+            f"Rows x Columns is {rows} x {cols}, above the {MAX_MATRIX} x "
+            f"{MAX_MATRIX} limit; fix the header or re-export the series"
+        )
+        return _error(series, "volume_too_large", series.folder, "Rows", msg)
+    slices = len(plan.order) + len(plan.fill_after)
+    if slices * rows * cols > MAX_VOXELS:
+        msg = (
+            f"{slices} slices of {rows} x {cols} exceed {MAX_VOXELS} voxels; "
+            "pin a thinner-sampled series or crop the export"
+        )
+        return _error(series, "volume_too_large", series.folder, "Rows", msg)
+    spacing = (*(series.pixel_spacing or ()), plan.step_mm)
+    if not all(MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
+        msg = (
+            f"voxel spacing {tuple(round(s, 4) for s in spacing)} mm lies outside "
+            f"[{MIN_SPACING_MM}, {MAX_SPACING_MM}] mm; fix PixelSpacing or the "
+            "slice positions"
+        )
+        return _error(series, "absurd_geometry", series.folder, "PixelSpacing", msg)
+    return None
+
+
 def _load(series: SeriesInfo) -> tuple[CTVolume | None, list[IngestIssue]]:
     """``load_ct_volume`` without the last-resort exception guard."""
     field = "ImageOrientationPatient"
     plan, issues = _plan(series)
     if plan is None:
         return None, issues
+    too_large = _size_issue(series, plan)
+    if too_large is not None:
+        return None, [*issues, too_large]
     try:
         mapping = in_plane_mapping(series.orientation or ())
     except ValueError as exc:

@@ -10,6 +10,7 @@ from the tags that the site config names (default ``PatientID`` and
 from __future__ import annotations
 
 import logging
+import math
 import os
 import struct
 from collections import defaultdict
@@ -101,6 +102,8 @@ def _floats(ds: pydicom.Dataset, keyword: str, n: int) -> tuple[float, ...] | No
         raise _FieldError(keyword, f"{keyword} is not numeric: {exc}") from None
     if len(values) != n:
         raise _FieldError(keyword, f"{keyword} has {len(values)} values, not {n}")
+    if not all(math.isfinite(v) for v in values):
+        raise _FieldError(keyword, f"{keyword} holds NaN or infinite values")
     return values
 
 
@@ -138,6 +141,8 @@ def _slice_header(path: Path, ds: pydicom.Dataset) -> SliceHeader:
     """Build a SliceHeader from a header-only dataset (raises _FieldError)."""
     position = _floats(ds, "ImagePositionPatient", 3)
     spacing = _floats(ds, "PixelSpacing", 2)
+    if spacing is not None and min(spacing) <= 0:
+        raise _FieldError("PixelSpacing", f"PixelSpacing {spacing} is not positive")
     slope = _floats(ds, "RescaleSlope", 1)
     intercept = _floats(ds, "RescaleIntercept", 1)
     for keyword in ("Rows", "Columns"):

@@ -1,0 +1,1 @@
+"""Reliability and security tests: fault injection, hostile input, load (issue #8)."""
