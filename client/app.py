@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
@@ -23,13 +24,20 @@ from flwr.app import (
 )  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
 
+from .audit import AuditLog, payload_digest  # noqa: E402
 from .records import (
     EVALUATE_METRIC_PATTERNS,
     TRAIN_METRIC_PATTERNS,
     Status,
     filter_metrics,
 )  # noqa: E402
-from .site_work import SiteRequest, evaluate_site, train_site  # noqa: E402
+from .site_work import (  # noqa: E402
+    SiteOutcome,
+    SiteRequest,
+    evaluate_site,
+    site_for,
+    train_site,
+)
 
 logger = logging.getLogger(__name__)
 app = ClientApp()
@@ -62,29 +70,67 @@ def _reply(
     return Message(content, reply_to=msg)
 
 
+def _audit(req: SiteRequest, kind: str) -> AuditLog | None:
+    """The site's audit log with the instruction recorded; None if it cannot be written."""
+    try:
+        log = AuditLog.for_state_dir(site_for(req).state_dir)
+        log.append(
+            "instruction",
+            run_id=req.run_id,
+            round=int(req.instruction.get("server-round", 0)),
+            type=kind,
+            arrays=len(req.arrays),
+        )
+        return log
+    except Exception:  # no site config or no writable state dir
+        logger.exception("audit log unavailable")
+        return None
+
+
+def _answer(
+    msg: Message, req: SiteRequest, kind: str, work: Callable, patterns: tuple
+) -> Message:
+    audit = _audit(req, kind)
+    if audit is None:  # fail closed: nothing leaves a site that cannot log it
+        return _reply(msg, "", {"status": int(Status.TRAINING_ERROR)}, patterns)
+    try:
+        outcome = work(req)
+    except Exception:  # never crash the node, never send the text
+        logger.exception("%s failed", kind)
+        outcome = SiteOutcome("", {"status": int(Status.TRAINING_ERROR)})
+    reply = _reply(msg, outcome.site, outcome.metrics, patterns, outcome.arrays)
+    content = reply.content
+    arrays = content["arrays"] if "arrays" in content.array_records else {}
+    sha, sizes = payload_digest(arrays)
+    sent = dict(content["metrics"])
+    try:
+        audit.append(
+            "reply",
+            run_id=req.run_id,
+            round=int(req.instruction.get("server-round", 0)),
+            type=kind,
+            status=int(sent.get("status", -1)),
+            arrays=sizes,
+            sha256=sha,
+            epsilon=sent.get("epsilon"),
+        )
+    except OSError:
+        logger.exception("could not write the audit record; reply withheld")
+        return _reply(msg, "", {"status": int(Status.TRAINING_ERROR)}, patterns)
+    return reply
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the trainable scope locally (DP-SGD unless the site disabled it)."""
-    try:
-        outcome = train_site(_request(msg, context))
-    except Exception:  # never crash the node, never send the text
-        logger.exception("training failed")
-        return _reply(
-            msg, "", {"status": int(Status.TRAINING_ERROR)}, TRAIN_METRIC_PATTERNS
-        )
-    return _reply(
-        msg, outcome.site, outcome.metrics, TRAIN_METRIC_PATTERNS, outcome.arrays
+    return _answer(
+        msg, _request(msg, context), "train", train_site, TRAIN_METRIC_PATTERNS
     )
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's validation (or test) split."""
-    try:
-        outcome = evaluate_site(_request(msg, context))
-    except Exception:
-        logger.exception("evaluation failed")
-        return _reply(
-            msg, "", {"status": int(Status.TRAINING_ERROR)}, EVALUATE_METRIC_PATTERNS
-        )
-    return _reply(msg, outcome.site, outcome.metrics, EVALUATE_METRIC_PATTERNS)
+    return _answer(
+        msg, _request(msg, context), "evaluate", evaluate_site, EVALUATE_METRIC_PATTERNS
+    )

@@ -17,6 +17,8 @@ from typing import Any
 from m3fm_model.clinical import CLINICAL_FIELDS
 from m3fm_model.tasks import TASKS, AnswerKind
 
+from .app_pin import APP_ID, APP_VERSION
+
 # Site-column units each dictionary field accepts (converted to the dictionary unit).
 UNIT_CHOICES: Mapping[str, tuple[str, ...]] = MappingProxyType(
     {"height": ("in", "inches", "cm"), "weight": ("lb", "lbs", "pounds", "kg")}
@@ -88,6 +90,18 @@ class SplitConfig:
 
 
 @dataclass(frozen=True)
+class FederationConfig:
+    """Which federated apps this site runs (checked before any app code is loaded).
+
+    ``accept_apps`` holds ``publisher/name==version`` (or ``publisher/name`` for any
+    version); ``accept_fab_sha256``, when not empty, further pins the exact app bundles.
+    """
+
+    accept_apps: tuple[str, ...] = (f"{APP_ID}=={APP_VERSION}",)
+    accept_fab_sha256: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     """A whole site configuration (all paths absolute)."""
 
@@ -102,6 +116,7 @@ class SiteConfig:
     cache_dir: Path
     split: SplitConfig
     state_dir: Path
+    federation: FederationConfig = field(default_factory=FederationConfig)
 
 
 _SECTIONS = {
@@ -120,6 +135,7 @@ _SECTIONS = {
     "compute": {"device", "threads"},
     "cache": {"dir"},
     "split": {"seed", "fractions"},
+    "federation": {"accept-apps", "accept-fab-sha256"},
 }
 _REQUIRED = ("site", "dicom", "clinical", "labels")
 
@@ -295,6 +311,32 @@ def _parse_split(path: Path, raw: Mapping[str, Any]) -> SplitConfig:
     )  # type: ignore[arg-type]
 
 
+def _parse_federation(path: Path, raw: Mapping[str, Any]) -> FederationConfig:
+    body = raw.get("federation", {})
+    apps = body.get("accept-apps", list(FederationConfig().accept_apps))
+    hashes = body.get("accept-fab-sha256", [])
+    pin = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(==[A-Za-z0-9_.+-]+)?")
+    if (
+        not isinstance(apps, list)
+        or not apps
+        or not all(isinstance(a, str) and pin.fullmatch(a) for a in apps)
+    ):
+        raise SiteConfigError(
+            path,
+            "federation.accept-apps",
+            'give a non-empty list like ["m3fm/m3fm-federated==0.1.0"]',
+        )
+    if not isinstance(hashes, list) or not all(
+        isinstance(h, str) and re.fullmatch(r"[0-9a-f]{64}", h) for h in hashes
+    ):
+        raise SiteConfigError(
+            path,
+            "federation.accept-fab-sha256",
+            "give a list of 64-character lowercase hex SHA-256 digests",
+        )
+    return FederationConfig(tuple(apps), tuple(hashes))
+
+
 def load_site_config(path: str | Path) -> SiteConfig:
     """Parse and validate a site config.
 
@@ -350,4 +392,5 @@ def load_site_config(path: str | Path) -> SiteConfig:
         cache_dir=_resolve(base, _get(path, raw, "cache", "dir", str, "cache")),
         split=_parse_split(path, raw),
         state_dir=_resolve(base, _get(path, raw, "site", "state-dir", str, "state")),
+        federation=_parse_federation(path, raw),
     )

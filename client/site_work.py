@@ -13,6 +13,7 @@ from .metrics import flatten_for_reply, task_metrics
 from .privacy_ledger import PrivacyLedger
 from .records import Instruction, Status
 from .runtime import cached_site, global_model, load_arrays, site_config_path
+from .scope import prepare_scope
 from .site_config import SiteConfig
 from .site_dataset import ManifestError, build_site_dataset
 from .train import TrainConfig, predict_split, train_one_round
@@ -40,7 +41,8 @@ class SiteOutcome:
     arrays: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
-def _site(req: SiteRequest) -> SiteConfig:
+def site_for(req: SiteRequest) -> SiteConfig:
+    """The site config named by the node config (or the simulation partition)."""
     raw = str(req.run_config.get("sim-site-configs", ""))
     sims = [Path(p.strip()).expanduser().resolve() for p in raw.split(",") if p.strip()]
     return cached_site(site_config_path(req.node_config, sims))
@@ -48,13 +50,14 @@ def _site(req: SiteRequest) -> SiteConfig:
 
 def _model(req: SiteRequest, instr: Instruction):  # noqa: ANN202
     model = global_model(req.run_id, instr.preset, instr.seed)
+    prepare_scope(model, instr.trainable_scope)  # LoRA adapters before their arrays
     load_arrays(model, req.arrays)
     return model
 
 
 def train_site(req: SiteRequest) -> SiteOutcome:
     """Train one round; a refusal or missing data gives a status and no arrays."""
-    site = _site(req)
+    site = site_for(req)
     instr = Instruction.from_record(req.instruction)
     try:
         data = build_site_dataset(
@@ -108,7 +111,7 @@ def train_site(req: SiteRequest) -> SiteOutcome:
 
 def evaluate_site(req: SiteRequest) -> SiteOutcome:
     """Evaluate the received global model on the requested split."""
-    site = _site(req)
+    site = site_for(req)
     instr = Instruction.from_record(req.instruction)
     try:
         data = build_site_dataset(

@@ -1,4 +1,4 @@
-"""``m3fm-admin``: the consortium admin's command (reports, local simulation runs)."""
+"""``m3fm-admin``: the consortium admin's command (provisioning, SuperLink, runs, reports)."""
 
 from __future__ import annotations
 
@@ -58,6 +58,89 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return rc
 
 
+def _cmd_provision(args: argparse.Namespace) -> int:
+    from .consortium import load_consortium
+    from .provision import provision
+
+    consortium = load_consortium(args.consortium)
+    out = Path(args.out)
+    result = provision(consortium, out)
+    print(f"CA: {out / 'ca.pem'} ({'new' if result.ca_created else 'reused'})")
+    for label, names in (("new kits", result.created), ("unchanged", result.kept), ("revoked", result.revoked)):  # fmt: skip
+        if names:
+            print(f"{label}: {', '.join(names)}")
+    print(
+        f"hand each site its folder {out}/<site>/ (private key inside: send it over a "
+        f"secure channel); then `m3fm-admin register --kits {out}` once the SuperLink runs"
+    )
+    return 0
+
+
+def _cmd_revoke(args: argparse.Namespace) -> int:
+    from .provision import revoke_site
+
+    revoke_site(Path(args.kits), args.site)
+    print(
+        f"{args.site} revoked; `m3fm-admin register --kits {args.kits}` unregisters it "
+        "from the running SuperLink"
+    )
+    return 0
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from .deploy import sync_keys
+
+    done = sync_keys(Path(args.kits), args.connection)
+    print(f"registered: {', '.join(done['registered']) or '-'}")
+    print(f"unregistered: {', '.join(done['unregistered']) or '-'}")
+    return 0
+
+
+def _cmd_superlink(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .deploy import INSECURE_WARNING, flower_env, superlink_command
+
+    if args.insecure:
+        print(INSECURE_WARNING, file=sys.stderr)
+    state = Path(args.state_dir)
+    cmd = superlink_command(Path(args.kit), state, args.host, args.insecure)
+    print(shlex.join(cmd), flush=True)
+    if args.print_only:
+        return 0
+    state.mkdir(parents=True, exist_ok=True)
+    os.execvpe(cmd[0], cmd, flower_env())
+    return 1  # not reached
+
+
+def _deploy_parsers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "provision", help="make the CA and the SuperLink, site and admin kits"
+    )
+    p.add_argument("--consortium", required=True, help="consortium.toml")
+    p.add_argument("--out", required=True, help="kits folder (reused on later runs)")
+    p.set_defaults(func=_cmd_provision)
+    r = sub.add_parser("register", help="register site keys on the running SuperLink")
+    r.add_argument("--kits", required=True)
+    r.add_argument("--connection", help="Flower connection name (default: consortium)")
+    r.set_defaults(func=_cmd_register)
+    v = sub.add_parser("revoke", help="revoke a site's key")
+    v.add_argument("--kits", required=True)
+    v.add_argument("--site", required=True)
+    v.set_defaults(func=_cmd_revoke)
+    s = sub.add_parser("superlink", help="start the SuperLink from its kit")
+    s.add_argument("--kit", required=True, help="the superlink kit folder")
+    s.add_argument(
+        "--state-dir", default="superlink-state", help="state database folder"
+    )
+    s.add_argument("--host", help="bind address (default: the consortium address host)")
+    s.add_argument(
+        "--insecure", action="store_true", help="no TLS, no auth (tests only)"
+    )
+    s.add_argument("--print", dest="print_only", action="store_true", help="print only")
+    s.set_defaults(func=_cmd_superlink)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``m3fm-admin``."""
     p = argparse.ArgumentParser(
@@ -82,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="key=value run-config override (repeatable)",
     )
     s.set_defaults(func=_cmd_simulate)
+    _deploy_parsers(sub)
     return p
 
 

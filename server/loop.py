@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
+from client.audit import AuditLog, payload_digest
 from client.records import (
     EVALUATE_METRIC_PATTERNS,
     TRAIN_METRIC_PATTERNS,
@@ -41,6 +42,7 @@ from .validation import (
 )
 
 logger = logging.getLogger(__name__)
+RECEIPTS = "receipts.jsonl"  # one line per received reply: round, site, digest
 
 
 @dataclass
@@ -167,6 +169,7 @@ class FederatedLoop:
             site = _site_name(msg, node)
             arrays = None
             if "arrays" in msg.content.array_records:
+                self._receipt(rnd, site, node, msg.content["arrays"])
                 arrays = record_arrays(msg.content["arrays"])
             metrics = (
                 dict(msg.content["metrics"])
@@ -198,6 +201,13 @@ class FederatedLoop:
                 continue
             valid.append(result)
         return valid
+
+    def _receipt(self, rnd: int, site: str, node: int, record: ArrayRecord) -> None:
+        """Record what arrived, in the digest the sites write to their audit logs."""
+        sha, sizes = payload_digest(record)
+        AuditLog(self.run_dir / RECEIPTS).append(
+            "received", round=rnd, site=site, node=node, arrays=sizes, sha256=sha
+        )
 
     def _evaluate(
         self, rnd: int, nodes: list[int], state: dict, history: MetricsHistory

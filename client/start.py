@@ -1,0 +1,90 @@
+"""``m3fm-site start``: the site's SuperNode, started from its provisioning kit.
+
+Builds the ``flower-supernode`` command (the consortium CA, the site's authentication key,
+the site config in the node config, the SuperNode's local port) and the environment it
+runs in: runtime dependency installation and telemetry off, and a ``flwr-clientapp`` shim
+first on PATH so every ClientApp process passes the site's app allow-list
+(:mod:`client.app_guard`) before any app code is loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from .site_config import SiteConfig, load_site_config
+
+SHIM = """#!/bin/sh
+# flwr-clientapp with the site's app allow-list checked first (m3fm-site start).
+exec "{python}" -m client.app_guard "$@"
+"""
+FLOWER_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",
+}
+
+
+def read_kit(kit: Path) -> dict[str, Any]:
+    """The site kit's ``kit.json``; a missing or foreign kit raises ValueError."""
+    path = Path(kit) / "kit.json"
+    if not path.is_file():
+        raise ValueError(f"{path} not found; pass the site kit folder from the admin")
+    info = json.loads(path.read_text(encoding="utf-8"))
+    if info.get("kind") != "site":
+        raise ValueError(f"{kit} is a {info.get('kind')} kit, not a site kit")
+    return info
+
+
+def install_shim(site: SiteConfig) -> Path:
+    """Write the ``flwr-clientapp`` shim into ``<state-dir>/bin`` and return that folder."""
+    bin_dir = site.state_dir / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    shim = bin_dir / "flwr-clientapp"
+    shim.write_text(SHIM.format(python=sys.executable), encoding="utf-8")
+    shim.chmod(0o755)
+    return bin_dir
+
+
+def supernode_command(
+    kit: Path,
+    site_config: Path | None = None,
+    *,
+    insecure: bool = False,
+    superlink: str | None = None,
+    max_retries: int | None = None,
+) -> tuple[list[str], dict[str, str], SiteConfig]:
+    """The command line, environment and parsed site config of this site's SuperNode."""
+    kit = Path(kit).resolve()
+    info = read_kit(kit)
+    cfg_path = site_config or info.get("site-config")
+    if not cfg_path:
+        raise ValueError(
+            "no site config: pass --site-config (start from the kit's site.toml.template)"
+        )
+    site = load_site_config(cfg_path)
+    if site.name != info["site"]:
+        raise ValueError(
+            f"{site.path}: site.name is {site.name!r} but the kit is for {info['site']!r}"
+        )
+    cmd = [
+        "flower-supernode",
+        "--superlink", superlink or info["superlink"],
+        "--port", str(info["runtime-port"]),
+        "--node-config", f'site-config="{site.path}"',
+    ]  # fmt: skip
+    if insecure:
+        cmd.append("--insecure")
+    else:
+        cmd += [
+            "--root-certificates", str(kit / "ca.pem"),
+            "--auth-supernode-private-key", str(kit / "supernode-key"),
+        ]  # fmt: skip
+    if max_retries is not None:
+        cmd += ["--max-retries", str(max_retries)]
+    env = dict(os.environ) | FLOWER_ENV
+    path = [str(install_shim(site)), str(Path(sys.executable).parent)]
+    env["PATH"] = os.pathsep.join([*path, env.get("PATH", "")])
+    return cmd, env, site
