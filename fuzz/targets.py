@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import functools
 import io
+import logging
 import math
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,6 +58,13 @@ FIELDS: tuple[tuple[str, str], ...] = (
 )
 WRONG_VRS = ("UN", "OB", "LO", "US", "FD", "SL", "DS", "IS", "UT")
 ISSUE_SEVERITIES = frozenset({"error", "warning"})
+
+
+def quiet() -> None:
+    """Silence the expected skip warnings (client logs, pydicom VR warnings)."""
+    logging.getLogger("client").setLevel(logging.ERROR)
+    logging.getLogger("pydicom").setLevel(logging.ERROR)
+    warnings.simplefilter("ignore", UserWarning)
 
 
 class Bytes:
