@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,8 +34,11 @@ from .report import MetricsHistory, summary_table, write_plots
 from .run_config import RunConfig
 from .transfer import record_arrays
 from .validation import (
+    EVALUATE_REPLY_RECORDS,
+    TRAIN_REPLY_RECORDS,
     Rejection,
     ValidatedReply,
+    check_reply_records,
     expected_from_state,
     train_metric_patterns,
     validate_reply,
@@ -52,6 +55,16 @@ class LoopState:
     round: int
     state: dict[str, torch.Tensor]
     history: MetricsHistory
+
+
+def _layout_rejection(msg: Message, allowed: Mapping[str, str]) -> Rejection | None:
+    """Extra records or site keys in a reply (they could carry free text)."""
+    content = msg.content
+    kinds = {k: "array" for k in content.array_records}
+    kinds |= {k: "metric" for k in content.metric_records}
+    kinds |= {k: "config" for k in content.config_records}
+    site = content.config_records.get("site")
+    return check_reply_records(kinds, site.keys() if site else (), allowed)
 
 
 def _site_name(msg: Message, node_id: int) -> str:
@@ -167,6 +180,16 @@ class FederatedLoop:
                 )
                 continue
             site = _site_name(msg, node)
+            layout = _layout_rejection(msg, TRAIN_REPLY_RECORDS)
+            if layout is not None:
+                logger.warning(
+                    "round %d: reply of %s not used: %s (%s)",
+                    rnd,
+                    site,
+                    layout.code,
+                    layout.message,
+                )
+                continue
             arrays = None
             if "arrays" in msg.content.array_records:
                 self._receipt(rnd, site, node, msg.content["arrays"])
@@ -217,6 +240,16 @@ class FederatedLoop:
             self._messages(nodes, state, instr, MessageType.EVALUATE)
         ):
             if msg.has_error() or "metrics" not in msg.content.metric_records:
+                continue
+            layout = _layout_rejection(msg, EVALUATE_REPLY_RECORDS)
+            if layout is not None:
+                logger.warning(
+                    "round %d: evaluation of node %d not used: %s (%s)",
+                    rnd,
+                    msg.metadata.src_node_id,
+                    layout.code,
+                    layout.message,
+                )
                 continue
             metrics = filter_metrics(
                 dict(msg.content["metrics"]), EVALUATE_METRIC_PATTERNS

@@ -48,6 +48,16 @@ SHAPE = "shape"
 DTYPE = "dtype"
 NON_FINITE = "non-finite"
 UPDATE_NORM = "update-norm"
+RECORD_LAYOUT = "record-layout"
+
+# The records a reply may hold, by kind (docs/records.md), and the site record's keys.
+TRAIN_REPLY_RECORDS: Mapping[str, str] = {
+    "arrays": "array",
+    "metrics": "metric",
+    "site": "config",
+}
+EVALUATE_REPLY_RECORDS: Mapping[str, str] = {"metrics": "metric", "site": "config"}
+SITE_RECORD_KEYS = frozenset({"name"})
 
 
 @dataclass(frozen=True)
@@ -125,6 +135,31 @@ def update_norm(
             d = torch.sub(xf[s : s + _CHUNK], gf[s : s + _CHUNK]).float()
             total += float(torch.dot(d, d))
     return math.sqrt(total)
+
+
+def check_reply_records(
+    records: Mapping[str, str],
+    site_keys: Iterable[str],
+    allowed: Mapping[str, str] = TRAIN_REPLY_RECORDS,
+) -> Rejection | None:
+    """Reject a reply holding records or site keys that docs/records.md does not list.
+
+    Args:
+        records: the reply's record name -> kind (``"array"``, ``"metric"``,
+            ``"config"``).
+        site_keys: the keys of its ``site`` config record (empty when absent).
+        allowed: record name -> kind this reply type may carry.
+
+    Returns:
+        A ``Rejection`` (code ``record-layout``) or ``None``.
+    """
+    extra = [k for k, kind in records.items() if allowed.get(k) != kind]
+    if extra:
+        return Rejection(RECORD_LAYOUT, f"{len(extra)} record(s) not allowed")
+    extra_site = set(site_keys) - SITE_RECORD_KEYS
+    if extra_site:
+        return Rejection(RECORD_LAYOUT, f"{len(extra_site)} site key(s) not allowed")
+    return None
 
 
 def _is_number(v: object) -> bool:

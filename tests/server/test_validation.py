@@ -208,3 +208,30 @@ def test_non_finite_half_reply_is_rejected(glob):
     wire[n].reshape(-1)[0] = np.inf
     out = _validate(glob, wire, reply_metrics(("heart",)), half="float16")
     assert isinstance(out, Rejection) and out.code == v.NON_FINITE
+
+
+@pytest.mark.parametrize(
+    ("records", "site_keys", "ok"),
+    [
+        ({"arrays": "array", "metrics": "metric", "site": "config"}, ["name"], True),
+        ({"metrics": "metric", "site": "config"}, ["name"], True),
+        ({"metrics": "metric", "site": "config", SECRET: "config"}, ["name"], False),
+        (
+            {"metrics": "metric", "arrays": "config"},
+            [],
+            False,
+        ),  # right name, wrong kind
+        ({"metrics": "metric", "site": "config"}, ["name", SECRET], False),
+    ],
+)
+def test_reply_records_outside_the_layout_are_rejected(records, site_keys, ok):
+    out = v.check_reply_records(records, site_keys)
+    assert (out is None) == ok
+    if not ok:
+        assert out.code == v.RECORD_LAYOUT and SECRET not in out.message
+
+
+def test_evaluate_reply_may_not_carry_arrays():
+    records = {"metrics": "metric", "site": "config", "arrays": "array"}
+    out = v.check_reply_records(records, ["name"], v.EVALUATE_REPLY_RECORDS)
+    assert out is not None and out.code == v.RECORD_LAYOUT
