@@ -23,6 +23,8 @@ from typing import Any, BinaryIO
 
 import torch
 
+from m3fm_model.lora import MARK, lora_rank, merge_lora_state
+
 logger = logging.getLogger(__name__)
 
 FORMAT = 1
@@ -324,17 +326,31 @@ def export_final(
     """Write ``final_model.pt`` (a plain state dict of CPU tensors) and ``model_card.json``.
 
     The state dict loads with ``build_model(...).load_state_dict(strict=True)``. The card
-    is the given one plus ``weights`` (file name, SHA-256, parameter count).
+    is the given one plus ``weights`` (file name, SHA-256, parameter count). A LoRA run's
+    adapters are merged into the base weights of ``final_model.pt`` and also kept
+    separate in ``lora_adapters.pt`` (adapters and heads; card entry ``lora``).
 
     Returns:
         (model path, card path).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    card = dict(model_card)
+    rank = lora_rank(state)
+    if rank is not None:
+        adapters = {
+            k: _compact(v)
+            for k, v in state.items()
+            if MARK in k or k.startswith("heads.")
+        }
+        lora_path = run_dir / "lora_adapters.pt"
+        lora_sha, _ = atomic_write(lora_path, lambda w: torch.save(adapters, w))
+        card["lora"] = {"rank": rank, "scale": 1.0, "merged": True}
+        card["lora"] |= {"adapters_file": lora_path.name, "adapters_sha256": lora_sha}
+        state = merge_lora_state(state)
     plain = {k: _compact(v) for k, v in state.items()}
     model_path, card_path = run_dir / "final_model.pt", run_dir / "model_card.json"
     sha, _ = atomic_write(model_path, lambda w: torch.save(plain, w))
-    card = dict(model_card)
     card["weights"] = {
         "file": model_path.name,
         "sha256": sha,
