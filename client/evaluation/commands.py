@@ -100,6 +100,75 @@ def _add_evaluate(sub: Any, progress: ProgressFactory) -> None:
     e.set_defaults(func=lambda a: _cmd_evaluate(a, progress))
 
 
+def _exam_args(p: Any) -> None:
+    p.add_argument(
+        "--model", required=True, help="checkpoint (final_model.pt or model.pt)"
+    )
+    p.add_argument("--exam", help="DICOM folder of one exam (CT)")
+    p.add_argument("--clinical", help="clinical data: JSON object, .json, .csv, ...")
+    p.add_argument("--question", required=True, help="free-text question")
+    p.add_argument("--exam-id", help="exam to use when the folder holds several")
+    p.add_argument(
+        "--preset", help="preset when no model card is beside the checkpoint"
+    )
+    p.add_argument(
+        "--site-config", help="site config: DICOM ID tags and the default --out folder"
+    )
+    p.add_argument("--out", help="output folder (default: under the site's state-dir)")
+
+
+def _load_exam_and_model(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    from ..site_config import load_site_config
+    from .exam_input import load_exam
+    from .model_io import load_model
+
+    cfg = load_site_config(args.site_config) if args.site_config else None
+    loaded = load_model(args.model, preset=args.preset)
+    tags = None
+    if cfg is not None:
+        tags = {
+            "patient_id_tag": cfg.dicom.patient_id_tag,
+            "exam_id_tag": cfg.dicom.exam_id_tag,
+        }
+    inputs = load_exam(
+        preset=loaded.preset, dicom_dir=args.exam, clinical=args.clinical,
+        exam_id=args.exam_id, tags=tags,
+    )  # fmt: skip
+    return cfg, loaded, inputs
+
+
+def _write_json(path: Path, payload: Any) -> Path:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_exam
+
+    cfg, loaded, inputs = _load_exam_and_model(args)
+    ans, record = predict_exam(loaded, inputs, args.question)
+    print(f"[{ans.task}] {ans.text}")
+    written = []
+    if args.json:
+        written.append(_write_json(Path(args.json).expanduser(), record))
+    out = _out_dir(args, cfg, "predictions")
+    if out is not None:
+        written.append(_write_json(out / "prediction.json", record))
+    for path in written:
+        print(f"json: {path}")
+    return 0
+
+
+def _add_predict(sub: Any) -> None:
+    p = sub.add_parser("predict", help="answer a question about one exam")
+    _exam_args(p)
+    p.add_argument("--json", help="write the answer record to this JSON file")
+    p.set_defaults(func=_cmd_predict)
+
+
 def add_site_commands(sub: Any, progress: ProgressFactory = progress_bar) -> None:
     """Register evaluate, predict, explain and adapt on ``m3fm-site``'s subparsers.
 
@@ -108,6 +177,7 @@ def add_site_commands(sub: Any, progress: ProgressFactory = progress_bar) -> Non
         progress: Description -> progress-bar wrapper.
     """
     _add_evaluate(sub, progress)
+    _add_predict(sub)
 
 
 def _stderr(message: str) -> None:
