@@ -28,7 +28,7 @@ from fuzz.targets import (
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom's VR warnings
 SETTINGS = settings(
-    max_examples=25,
+    max_examples=20,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow],
