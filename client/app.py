@@ -31,6 +31,12 @@ from .records import (
     Status,
     filter_metrics,
 )  # noqa: E402
+from .secagg_handlers import (  # noqa: E402
+    is_legacy,
+    secagg_evaluate,
+    secagg_fit,
+    secagg_when_requested,
+)
 from .site_work import (  # noqa: E402
     SiteOutcome,
     SiteRequest,
@@ -40,7 +46,7 @@ from .site_work import (  # noqa: E402
 )
 
 logger = logging.getLogger(__name__)
-app = ClientApp()
+app = ClientApp(mods=[secagg_when_requested])
 
 
 def _request(msg: Message, context: Context) -> SiteRequest:
@@ -123,6 +129,8 @@ def _answer(
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Train the trainable scope locally (DP-SGD unless the site disabled it)."""
+    if is_legacy(msg):
+        return secagg_fit(msg, context)
     return _answer(
         msg, _request(msg, context), "train", train_site, TRAIN_METRIC_PATTERNS
     )
@@ -131,6 +139,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the global model on the site's validation (or test) split."""
+    if is_legacy(msg):
+        return secagg_evaluate(msg, context)
     return _answer(
         msg, _request(msg, context), "evaluate", evaluate_site, EVALUATE_METRIC_PATTERNS
     )

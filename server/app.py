@@ -26,4 +26,10 @@ def main(grid: Grid, context: Context) -> None:
     import torch
 
     torch.set_num_threads(torch_threads)
-    FederatedLoop(grid, cfg).run()
+    loop = FederatedLoop(grid, cfg)
+    if cfg.secagg:
+        from .secagg import run_secagg
+
+        run_secagg(grid, context, loop)
+    else:
+        loop.run()

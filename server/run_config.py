@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from client.scope import SCOPES
+from client.scope import SCOPES, check_scope, lora_scope_rank
 from m3fm_model.config import PRESETS
 
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "median", "trimmed-mean")
@@ -23,6 +23,7 @@ class RunConfig:
     num_server_rounds: int = 3
     preset: str = "tiny"
     trainable_scope: str = "fusion-and-heads"
+    lora_rank: int = 8
     lr: float = 1e-3
     local_steps: int = 20
     batch_size: int = 8
@@ -37,6 +38,8 @@ class RunConfig:
     central_dp_noise: float = 1.0
     central_dp_max_epsilon: float = 10.0
     secagg: bool = False
+    secagg_threshold: float = 0.67
+    secagg_clip_range: float = 1.0
     modality_dropout: float = 0.2
     seed: int = 0
     output_dir: str = "runs"
@@ -46,13 +49,15 @@ class RunConfig:
     evaluate_split: str = "val"
 
     def __post_init__(self) -> None:
+        self._set_lora_rank()
         checks = [
             (self.preset in PRESETS, "preset", f"one of {PRESETS}"),
             (
-                self.trainable_scope in SCOPES,
+                _valid_scope(self.trainable_scope),
                 "trainable-scope",
-                f"one of {sorted(SCOPES)}",
+                f"one of {[*sorted(SCOPES), 'lora']}",
             ),
+            (self.lora_rank >= 1, "lora-rank", "at least 1"),
             (self.aggregation in AGGREGATIONS, "aggregation", f"one of {AGGREGATIONS}"),
             (self.num_server_rounds >= 1, "num-server-rounds", "at least 1"),
             (self.local_steps >= 1, "local-steps", "at least 1"),
@@ -61,12 +66,35 @@ class RunConfig:
             (self.lr > 0, "lr", "positive"),
             (0 <= self.modality_dropout < 0.5, "modality-dropout", "in [0, 0.5)"),
             (self.evaluate_split in ("val", "test"), "evaluate-split", "val or test"),
+            (0 < self.secagg_threshold <= 1, "secagg-threshold", "in (0, 1]"),
+            (self.secagg_clip_range > 0, "secagg-clip-range", "positive"),
+            (
+                not (self.secagg and self.aggregation not in ("fedavg", "fedprox")),
+                "aggregation",
+                "fedavg or fedprox with secagg (the server sees only sums)",
+            ),
         ]
         for ok, key, want in checks:
             if not ok:
                 raise ValueError(
                     f"run config {key}={getattr(self, key.replace('-', '_'))!r}: must be {want}"
                 )
+
+    def _set_lora_rank(self) -> None:
+        """``trainable-scope = "lora"`` + ``lora-rank = r`` becomes the scope ``lora-r``.
+
+        The rank travels inside the scope name of every round instruction, so sites
+        build the adapters the server has; a ``lora-<r>`` scope must agree with the key.
+        """
+        rank = lora_scope_rank(self.trainable_scope)
+        if rank is None:
+            return
+        if self.trainable_scope != "lora" and rank != self.lora_rank:
+            raise ValueError(
+                f"run config trainable-scope={self.trainable_scope!r} disagrees with "
+                f"lora-rank={self.lora_rank}"
+            )
+        object.__setattr__(self, "trainable_scope", f"lora-{self.lora_rank}")
 
     @classmethod
     def from_mapping(cls, raw: Mapping[str, Any]) -> RunConfig:
@@ -100,6 +128,14 @@ class RunConfig:
             for p in self.sim_site_configs.split(",")
             if p.strip()
         ]
+
+
+def _valid_scope(scope: str) -> bool:
+    try:
+        check_scope(scope)
+    except ValueError:
+        return False
+    return True
 
 
 def _coerce(key: str, value: Any, kind: type) -> Any:
