@@ -169,6 +169,32 @@ def _add_predict(sub: Any) -> None:
     p.set_defaults(func=_cmd_predict)
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from .explain_cmd import explain_exam, format_fields, write_explanation
+
+    cfg, loaded, inputs = _load_exam_and_model(args)
+    result = explain_exam(loaded, inputs, args.question)
+    print(f"[{result.record['task']}] {result.record['answer']['text']}")
+    if result.ct_share is not None:
+        print(f"CT share of the relevance: {100 * result.ct_share:.1f}%")
+    if result.fields:
+        print(format_fields(result))
+    out = _out_dir(args, cfg, "explanations")
+    if out is None:
+        raise ValueError(
+            "explain writes images and HTML: give --out DIR (or --site-config)"
+        )
+    for path in write_explanation(result, inputs, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_explain(sub: Any) -> None:
+    p = sub.add_parser("explain", help="which data elements drove an answer (one exam)")
+    _exam_args(p)
+    p.set_defaults(func=_cmd_explain)
+
+
 def add_site_commands(sub: Any, progress: ProgressFactory = progress_bar) -> None:
     """Register evaluate, predict, explain and adapt on ``m3fm-site``'s subparsers.
 
@@ -178,6 +204,7 @@ def add_site_commands(sub: Any, progress: ProgressFactory = progress_bar) -> Non
     """
     _add_evaluate(sub, progress)
     _add_predict(sub)
+    _add_explain(sub)
 
 
 def _stderr(message: str) -> None:

@@ -27,7 +27,7 @@ from m3fm_model.config import preset_config
 
 from ..dicom_ingest import ingest_site, load_ct_volume
 from ..preprocess import preprocess_exam
-from ..roi import ROINotFoundError
+from ..roi import Box, ROINotFoundError
 from ..site_index import crop_specs
 from ..tables import cell_text, read_table
 
@@ -51,6 +51,35 @@ class ExamInputs:
     record: dict[str, object] = field(default_factory=dict)
     text: str | None = None
     spans: list[tuple[str, int, int]] = field(default_factory=list)
+    geometry: dict[str, CropGeometry] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    """Where a crop came from in the canonical volume.
+
+    Attributes:
+        box: The ROI box (start, stop voxels) before growing to the crop size.
+        volume_shape: Shape (Z, Y, X) of the canonical HU volume.
+        crop_size: The crop's (S, H, W).
+    """
+
+    box: tuple[tuple[int, int, int], tuple[int, int, int]]
+    volume_shape: tuple[int, int, int]
+    crop_size: tuple[int, int, int]
+
+    def to_crop(self, voxel: tuple[float, float, float]) -> tuple[float, ...]:
+        """Map a canonical volume voxel to crop coordinates (grow, pad, resize)."""
+        box = Box(*self.box)
+        grown = box.grow_to(self.crop_size, self.volume_shape)
+        out = []
+        for v, start, size, crop in zip(
+            voxel, grown.start, grown.size, self.crop_size, strict=True
+        ):
+            padded = max(size, crop)
+            before = (padded - size) // 2
+            out.append((v - start + before + 0.5) * crop / padded - 0.5)
+        return tuple(out)
 
 
 def _issues_text(issues: list[Any]) -> str:
@@ -64,8 +93,11 @@ def load_ct_crops(
     exam_id: str | None = None,
     patient_id_tag: str = "PatientID",
     exam_id_tag: str = "AccessionNumber",
-) -> dict[str, tuple[torch.Tensor, tuple[float, float, float]]]:
+) -> tuple[dict[str, tuple[torch.Tensor, tuple[float, float, float]]], dict]:
     """Ingest one exam's DICOM folder and cut the preset's ROI crops.
+
+    Returns:
+        ROI -> (crop, spacing after resize), and ROI -> ``CropGeometry``.
 
     Raises:
         ValueError: a missing or empty folder, no usable CT series, several exams
@@ -96,13 +128,22 @@ def load_ct_crops(
         crops = preprocess_exam(volume, crop_specs(preset_config(preset)))
     except ROINotFoundError as err:
         raise ValueError(f"CT in {root}: {err}") from None
-    return {
+    tensors = {
         roi: (
             torch.from_numpy(c.crop.astype("float16").astype("float32")),
             tuple(float(s) for s in c.spacing_mm),
         )
         for roi, c in crops.items()
-    }  # type: ignore[misc]
+    }
+    geometry = {
+        roi: CropGeometry(
+            (tuple(c.box.start), tuple(c.box.stop)),
+            tuple(volume.hu.shape),
+            tuple(c.crop.shape[1:]),
+        )
+        for roi, c in crops.items()
+    }
+    return tensors, geometry  # type: ignore[return-value]
 
 
 def _raw_clinical(source: str) -> tuple[dict[str, Any], str]:
@@ -181,7 +222,9 @@ def load_exam(
         raise ValueError("give --exam DICOM_DIR, --clinical FILE_OR_JSON, or both")
     inputs = ExamInputs()
     if dicom_dir is not None:
-        inputs.crops = load_ct_crops(dicom_dir, preset, exam_id=exam_id, **(tags or {}))
+        inputs.crops, inputs.geometry = load_ct_crops(
+            dicom_dir, preset, exam_id=exam_id, **(tags or {})
+        )
     if clinical is not None:
         inputs.record, inputs.text, inputs.spans = load_clinical(clinical)
     return inputs

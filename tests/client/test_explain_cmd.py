@@ -1,0 +1,95 @@
+"""m3fm-site explain on generated exams: outputs, map shape, and the crop geometry."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from client.cli import main
+from client.evaluation.exam_input import load_ct_crops
+from client.evaluation.measure import nodule_overlap
+from client.evaluation.model_io import load_model, save_model
+from client.site_dataset import load_manifest
+from m3fm_model import build_model, preset_config
+from tests.client.site_fixtures import prepared_site
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    torch.set_num_threads(1)
+    return prepared_site(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    torch.manual_seed(4)
+    return save_model(
+        build_model("tiny"), tmp_path_factory.mktemp("model"), preset="tiny",
+        extra_tasks=[], card={}, file_name="model.pt",
+    )  # fmt: skip
+
+
+def _truth(site) -> dict:
+    return json.loads((site.path.parent / "truth.json").read_text())
+
+
+def test_explain_writes_ranked_fields_map_png_and_html(site, ckpt, tmp_path) -> None:
+    # Prepare
+    exam = next(e for e in load_manifest(site, "tiny") if e["crops"])
+    truth = next(e for e in _truth(site)["exams"] if e["exam_id"] == exam["exam_id"])
+    folder = site.path.parent / truth["series"][0]["folder"]
+    out = tmp_path / "why"
+    # Execute
+    rc = main(
+        ["explain", "--model", str(ckpt), "--exam", str(folder)]
+        + ["--clinical", json.dumps(exam["clinical_record"])]
+        + ["--question", "Is there a lung nodule of at least 4 mm?", "--out", str(out)]
+    )
+    # Assert
+    assert rc == 0
+    got = json.loads((out / "explanation.json").read_text())
+    assert got["task"] == "nodule_presence"
+    ranked = [f["relevance"] for f in got["clinical_relevance"]]
+    assert ranked == sorted(ranked, reverse=True) and all(r > 0 for r in ranked)
+    assert {f["field"] for f in got["clinical_relevance"]} == set(
+        exam["clinical_record"]
+    )
+    assert 0 < got["ct_share"] < 1
+    relevance = np.load(out / "ct_relevance.npy")
+    assert relevance.shape == preset_config("tiny").crop_for_roi("lung")
+    assert tuple(got["ct_peak_voxel"]) < relevance.shape
+    assert (out / "ct_relevance.png").read_bytes()[:4] == b"\x89PNG"
+    page = (out / "explanation.html").read_text()
+    assert page.count("<span title=") == len(exam["clinical_record"])
+
+
+def test_crop_geometry_puts_generated_nodules_where_the_crop_is_bright(site) -> None:
+    checked = 0
+    for exam in _truth(site)["exams"]:
+        nodules = exam["findings"].get("nodules") or []
+        if (
+            not nodules
+            or nodules[0]["diameter_mm"] < 7
+            or nodules[0]["consistency"] != "solid"
+        ):
+            continue
+        crops, geometry = load_ct_crops(
+            site.path.parent / exam["series"][0]["folder"], "tiny"
+        )
+        crop = crops["lung"][0][0].numpy()
+        centre = np.array(geometry["lung"].to_crop(tuple(nodules[0]["center_voxel"])))
+        assert np.all(centre >= 0) and np.all(centre < crop.shape)
+        # solid nodule (35 HU) in lung (-850 HU): bright against the parenchyma
+        assert crop[tuple(np.round(centre).astype(int))] > 0.2
+        checked += 1
+    assert checked >= 1
+
+
+def test_nodule_overlap_measurement_runs(site, ckpt) -> None:
+    got = nodule_overlap(load_model(ckpt), site.path.parent)
+    assert got["exams"] >= 1 and 0 <= got["hits"] <= got["exams"]
+    assert 0 < got["chance"] < 0.2
