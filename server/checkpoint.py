@@ -231,12 +231,21 @@ class RunCheckpointer:
 
     def _index(self) -> dict[str, Any] | None:
         try:
-            return json.loads((self.dir / INDEX).read_text())
+            index = json.loads((self.dir / INDEX).read_text())
         except FileNotFoundError:
             return None
         except (OSError, ValueError):
             logger.error("checkpoint index %s is unreadable", self.dir / INDEX)
             return None
+        entries = index.get("checkpoints") if isinstance(index, dict) else None
+        valid = isinstance(entries, list) and all(
+            isinstance(e, dict) and {"round", "file", "sha256"} <= set(e)
+            for e in entries
+        )
+        if not valid or "run_config" not in index:
+            logger.error("checkpoint index %s is malformed", self.dir / INDEX)
+            return None
+        return index
 
     def _entries(self) -> list[dict[str, Any]]:
         index = self._index()
@@ -301,17 +310,28 @@ class RunCheckpointer:
         Returns:
             The checkpointed run config.
 
+        Without a readable ``latest.json`` (damaged index) the run config stored in
+        the newest readable checkpoint file is compared instead.
+
         Raises:
-            FileNotFoundError: there is no checkpoint index to resume from.
+            FileNotFoundError: there is no checkpoint to resume from.
             ValueError: the recorded config fails its hash check.
             ResumeMismatch: keys differ; the message names every key with both values.
         """
         index = self._index()
         if index is None:
-            raise FileNotFoundError(f"no checkpoint to resume from in {self.dir}")
-        old = index["run_config"]
-        if config_hash(old) != index["run_config_sha256"]:
-            raise ValueError("the checkpointed run config fails its hash check")
+            latest = self.load_latest()
+            if latest is None:
+                raise FileNotFoundError(f"no checkpoint to resume from in {self.dir}")
+            logger.warning(
+                "checkpoint index unreadable: checking the run config of %s",
+                latest.path.name,
+            )
+            old = latest.run_config
+        else:
+            old = index["run_config"]
+            if config_hash(old) != index["run_config_sha256"]:
+                raise ValueError("the checkpointed run config fails its hash check")
         diffs = config_differences(
             old, run_config, ignored=self.ignored_keys, increasing=self.increasing_keys
         )

@@ -69,9 +69,8 @@ class ScriptedGrid:
     on_train_round: Callable[[], None] | None = None
 
     def __post_init__(self) -> None:
-        self.rng = random.Random(self.seed)
-        self.gen = torch.Generator().manual_seed(self.seed)
         self._down: set[int] = set()
+        self._round = 0
         TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = 1, 0, 0
 
     def get_node_ids(self) -> Iterable[int]:
@@ -88,8 +87,12 @@ class ScriptedGrid:
         if train:
             if self.on_train_round is not None:
                 self.on_train_round()
+            # Dropouts and update noise depend on (seed, round, node) only, so a
+            # resumed run sees the same sites and updates as an uninterrupted one.
+            self._round = int(messages[0].metadata.group_id)
+            rng = random.Random(f"{self.seed}-{self._round}")
             self._down = {
-                n for n in self.get_node_ids() if self.rng.random() < self.drop_rate
+                n for n in self.get_node_ids() if rng.random() < self.drop_rate
             }
             self.dropped.append(set(self._down))
         out = []
@@ -98,17 +101,21 @@ class ScriptedGrid:
             site = self.sites[nid - 1]
             if nid in self._down or (timeout is not None and site.latency > timeout):
                 continue  # dropped, or its reply would arrive after the deadline
-            content = self._train(msg, site) if train else self._evaluate(site)
+            content = self._train(msg, nid) if train else self._evaluate(site)
             out.append(Message(content, reply_to=msg))
         return out
 
-    def _train(self, msg: Message, site: SyntheticSite) -> RecordDict:
+    def _train(self, msg: Message, nid: int) -> RecordDict:
+        site = self.sites[nid - 1]
+        gen = torch.Generator().manual_seed(
+            self.seed * 1_000_003 + self._round * 1009 + nid
+        )
         received = msg.content["arrays"].to_torch_state_dict()
         groups = ("trunk", f"heads.{site.task}")
         arrays = {}
         for name, value in received.items():
             if name in self.travel and param_group(name) in groups:
-                noise = torch.randn(value.shape, generator=self.gen, dtype=value.dtype)
+                noise = torch.randn(value.shape, generator=gen, dtype=value.dtype)
                 arrays[name] = value + 1e-3 * noise
         metrics: dict = {
             "status": 0,
