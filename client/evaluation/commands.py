@@ -205,7 +205,58 @@ def add_site_commands(sub: Any, progress: ProgressFactory = progress_bar) -> Non
     _add_evaluate(sub, progress)
     _add_predict(sub)
     _add_explain(sub)
+    _add_adapt(sub)
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    from ..cache import ExamCache
+    from ..site_config import load_site_config
+    from ..site_dataset import load_manifest
+    from .adapt import AdaptOptions, cross_validate, fit_final, subsample
+    from .adapt_data import load_labelled_exams
+    from .adapt_output import format_cv, write_adapted
+    from .model_io import load_model
+    from .task_spec import load_new_task
+
+    cfg = load_site_config(args.site_config)
+    loaded = load_model(args.model, preset=args.preset)
+    task = load_new_task(args.task)
+    data = load_labelled_exams(task, args.labels, load_manifest(cfg, loaded.preset))
+    if args.limit:
+        data = subsample(data, args.limit, args.seed)
+    opts = AdaptOptions(steps=args.steps, folds=args.folds, seed=args.seed)
+    cache = ExamCache(cfg.cache_dir / "crops")
+    report = cross_validate(loaded, task, data, cache, opts)
+    print(format_cv(task.spec.name, report))
+    model = fit_final(loaded, task, data, cache, opts)
+    out = _out_dir(args, cfg, f"adapt-{task.spec.name}")
+    for path in write_adapted(model, loaded, task, report, out):
+        print(f"wrote {path}")
+    return 0
+
+
+def _add_adapt(sub: Any) -> None:
+    a = sub.add_parser(
+        "adapt", help="add a new task head and fit it on a small labelled set"
+    )
+    a.add_argument("--model", required=True, help="checkpoint to adapt")
+    a.add_argument(
+        "--task", required=True, help="new-task TOML (see docs/site-evaluation.md)"
+    )
+    a.add_argument("--labels", required=True, help="labels table of the new task")
+    a.add_argument("--site-config", required=True)
+    a.add_argument(
+        "--preset", help="preset when no model card is beside the checkpoint"
+    )
+    a.add_argument(
+        "--limit", type=int, help="use this many labelled exams (stratified)"
+    )
+    a.add_argument("--folds", type=int, default=5)
+    a.add_argument("--steps", type=int, default=300, help="head training steps")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--out", help="output folder (default: <state-dir>/adapt-<task>)")
+    a.set_defaults(func=_cmd_adapt)

@@ -25,6 +25,7 @@ from client.synth.faults import (
     garble_exam,
     plan_faults,
 )
+from client.synth.heldout import write_heldout_labels
 from client.synth.paint import Grid
 from client.synth.phantom import Phantom, make_grid, render_phantom
 from client.synth.profiles import Profile, get
@@ -270,6 +271,7 @@ def synthesize_site(
         prof.name, patients, len(exams), (time.perf_counter() - start) / patients,
     )  # fmt: skip
     fault_records += _write_tables(prof, records, root, seed, plan if inject else None)
+    write_heldout_labels(prof, records, root, seed)
     config = root / "site.toml"
     config.write_text(site_config_toml(prof))
     by_exam = {e["exam_id"]: e for e in exams}
