@@ -17,9 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from client.synth import synthesize_site
 from client.synth.siteconfig import site_config_toml
-from server.demo import DEMO_SITES
 
 CONFIG_NAME = "site-docker.toml"
 STATE_DIR = "/state"
@@ -49,6 +47,9 @@ def docker_site_config(profile: str) -> str:
 
 def generate(out: Path) -> list[Path]:
     """Generate every missing demo hospital under ``out/<site>``; return the configs."""
+    from client.synth import synthesize_site
+    from server.demo import DEMO_SITES  # heavy imports: only when generating
+
     configs = []
     for name, patients, seed in DEMO_SITES:
         folder = out / name
