@@ -30,6 +30,9 @@ test-slow: install
 
 test: test-fast test-slow
 
+bench: install
+	$(PY) -m bench.run_all --out bench/results.json
+
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
