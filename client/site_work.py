@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ def train_site(req: SiteRequest) -> SiteOutcome:
 
 def evaluate_site(req: SiteRequest) -> SiteOutcome:
     """Evaluate the received global model on the requested split."""
+    start = time.perf_counter()
     site = site_for(req)
     instr = Instruction.from_record(req.instruction)
     try:
@@ -128,4 +130,5 @@ def evaluate_site(req: SiteRequest) -> SiteOutcome:
     per_task = {t: task_metrics(t, p.outputs, p.targets) for t, p in preds.items()}
     metrics: dict[str, float] = {"status": 0, "num-examples": len(data)}
     metrics |= flatten_for_reply(per_task)
+    metrics["seconds"] = time.perf_counter() - start  # the round-overhead benchmark
     return SiteOutcome(site.name, metrics)
