@@ -4,6 +4,11 @@
 highest relevance) overlaps the generated nodule, for the nodule-presence answer, and
 how often a patch drawn at random would (chance). Run as
 ``python -m client.evaluation.measure explain --model CKPT --site DIR``.
+
+``adapt_curve``: the adaptation's cross-validated AUC against both baselines for
+several numbers of labelled exams (each drawn several times), as in the README:
+``python -m client.evaluation.measure adapt --model CKPT --site-config X.toml
+--task T.toml --labels L.csv --sizes 20 50 100``.
 """
 
 from __future__ import annotations
@@ -75,6 +80,43 @@ def nodule_overlap(
     }
 
 
+def adapt_curve(
+    loaded: LoadedModel,
+    site_config: Path,
+    task_file: Path,
+    labels: Path,
+    sizes: list[int],
+    repeats: int,
+) -> list[dict[str, Any]]:
+    """Cross-validated AUC of the three arms per size and draw of labelled exams."""
+    from ..cache import ExamCache
+    from ..site_config import load_site_config
+    from ..site_dataset import load_manifest
+    from .adapt import AdaptOptions, cross_validate, subsample
+    from .adapt_data import load_labelled_exams
+    from .task_spec import load_new_task
+
+    cfg = load_site_config(site_config)
+    task = load_new_task(task_file)
+    data = load_labelled_exams(task, labels, load_manifest(cfg, loaded.preset))
+    cache = ExamCache(cfg.cache_dir / "crops")
+    rows = []
+    for n in sizes:
+        for draw in range(repeats):
+            part = subsample(data, n, seed=draw)
+            report = cross_validate(loaded, task, part, cache, AdaptOptions(seed=draw))
+            rows.append(
+                {
+                    "n": len(part.labels),
+                    "draw": draw,
+                    "positives": int(part.labels.sum()),
+                }
+                | {arm: got["pooled"] for arm, got in report["arms"].items()}
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line of the measurements."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -83,12 +125,35 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", required=True)
     e.add_argument("--site", required=True, help="generated site folder")
     e.add_argument("--preset")
+    a = sub.add_parser("adapt", help="adaptation AUC vs baselines by labelled-set size")
+    a.add_argument("--model", required=True)
+    a.add_argument("--site-config", required=True)
+    a.add_argument("--task", required=True)
+    a.add_argument("--labels", required=True)
+    a.add_argument("--sizes", type=int, nargs="+", default=[20, 50, 100])
+    a.add_argument("--repeats", type=int, default=3)
+    a.add_argument("--preset")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
-    got = nodule_overlap(load_model(args.model, preset=args.preset), Path(args.site))
-    print(json.dumps(got, indent=1))
+    loaded = load_model(args.model, preset=args.preset)
+    if args.what == "explain":
+        print(json.dumps(nodule_overlap(loaded, Path(args.site)), indent=1))
+        return 0
+    rows = adapt_curve(
+        loaded, Path(args.site_config), Path(args.task), Path(args.labels),
+        args.sizes, args.repeats,
+    )  # fmt: skip
+    arms = [k for k in rows[0] if k not in ("n", "draw", "positives")]
+    print(f"{'n':>5}" + "".join(f"{a[:30]:>32}" for a in arms))
+    for n in sorted({r["n"] for r in rows}):
+        got = [r for r in rows if r["n"] == n]
+        cells = "".join(
+            f"{np.mean([r[a] for r in got]):>24.3f} (sd {np.std([r[a] for r in got]):.3f})"
+            for a in arms
+        )
+        print(f"{n:>5}{cells}")
     return 0
 
 

@@ -1,7 +1,7 @@
 """A finding held out of the 17 tasks, for adaptation demos: coronary calcium.
 
-Coronary artery calcification of an Agatston-like score of at least 100 (moderate or
-more) is a finding low-dose screening CTs show but none of the 17 tasks asks about.
+Coronary artery calcification (any: an Agatston-like score above 0) is a finding that
+low-dose screening CTs show but none of the 17 tasks asks about.
 The generator already renders the calcifications (``findings._calcium``: more with age,
 male sex, hypertension, diabetes, smoking and heart disease, plus patient-level noise),
 so its label depends on the image and, more weakly, on the clinical record. A reader
@@ -31,7 +31,7 @@ __all__ = [
 
 HELDOUT_TASK = "coronary_calcium"
 HELDOUT_FILE = "heldout_labels.csv"
-CALCIUM_THRESHOLD = 100.0
+CALCIUM_THRESHOLD = 0.0  # any calcification
 _SENSITIVITY, _FALSE_POSITIVE = 0.92, 0.04
 
 
@@ -42,13 +42,13 @@ def heldout_frame(
 
     A patient's exams share one reader uniform (drawn from its own stream, so the
     other generated files do not change), so their calls agree unless the calcium
-    score crossed the threshold.
+    score crossed the threshold (a follow-up exam).
     """
     rows = []
     for p in patients:
         u = float(np.random.default_rng([seed, profile.code, p.index, 7919]).random())
         for e in p.exams:
-            present = e.findings.calcium_score >= CALCIUM_THRESHOLD
+            present = e.findings.calcium_score > CALCIUM_THRESHOLD
             label = int(u < (_SENSITIVITY if present else _FALSE_POSITIVE))
             rows.append(
                 {"patient_id": p.patient_id, "exam_id": e.exam_id, HELDOUT_TASK: label}

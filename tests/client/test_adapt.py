@@ -42,9 +42,9 @@ def test_generator_writes_the_held_out_labels(site) -> None:
     assert set(table[HELDOUT_TASK]) <= {0, 1} and len(table) >= 10
     truth = json.loads((site.path.parent / "truth.json").read_text())
     calcium = {e["exam_id"]: e["findings"]["calcium_score"] for e in truth["exams"]}
-    high = table[HELDOUT_TASK][table["exam_id"].map(calcium) >= 100]
-    low = table[HELDOUT_TASK][table["exam_id"].map(calcium) < 100]
-    assert high.mean() >= low.mean()  # the label follows the rendered calcium
+    present = table["exam_id"].map(calcium) > 0
+    agree = (table[HELDOUT_TASK] == present.astype(int)).mean()
+    assert agree >= 0.7  # reader calls follow the rendered calcium (92% / 4% noise)
 
 
 def test_example_task_file_parses_and_bad_ones_are_refused(tmp_path) -> None:
@@ -105,7 +105,7 @@ def test_adapt_end_to_end_outputs_load_and_answer(site, ckpt, tmp_path, capsys) 
     adapted = load_model(out / "model.pt")
     assert HELDOUT_TASK in adapted.tasks and "heart" in adapted.tasks
     answer = tmp_path / "answer.json"
-    question = "Are the coronary arteries substantially calcified?"
+    question = "Are the coronary arteries calcified?"
     clinical = json.dumps(exams[0]["clinical_record"])
     rc = main(
         ["predict", "--model", str(out / "model.pt"), "--clinical", clinical]
