@@ -17,6 +17,9 @@ from typing import Any
 os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
+from flwr.app import Message  # noqa: E402
+from flwr.app.error import Error  # noqa: E402
+from flwr.common.constant import ErrorCode  # noqa: E402
 from flwr.supernode.cli import flwr_clientapp  # noqa: E402
 from flwr.supernode.runtime import run_clientapp as _runtime  # noqa: E402
 
@@ -26,6 +29,8 @@ from .runtime import site_config_path  # noqa: E402
 from .site_config import load_site_config  # noqa: E402
 
 logger = logging.getLogger(__name__)
+REFUSED = "the site does not accept this app"
+REFUSED_CODE = ErrorCode.INVALID_FAB  # what the server sees for a refused app
 _pull = _runtime.pull_task_input
 
 
@@ -50,7 +55,10 @@ def guarded_pull(client: Any) -> tuple[Any, Any, Any, Any]:
             reason=reason,
         )
         logger.error("refused run %s: %s", run.run_id, reason)
-        raise AppNotAccepted("the site does not accept this app")
+        # Answer the server (an error reply with a fixed text, no data), then end this
+        # process without installing or importing the bundle.
+        _runtime.push_message(client, Message(Error(REFUSED_CODE, REFUSED), reply_to=message), context)  # fmt: skip
+        raise AppNotAccepted(REFUSED)
     return message, context, run, fab
 
 

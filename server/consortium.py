@@ -30,6 +30,7 @@ _KEYS = {
 }
 _SITE_KEYS = {"site-config", "runtime-port"}
 DEFAULT_RUNTIME_PORT = 9094
+LOOPBACK = ("127.0.0.1",)
 
 
 class ConsortiumError(ValueError):
@@ -145,6 +146,9 @@ def load_consortium(path: str | Path) -> Consortium:
         raise ConsortiumError(
             path, "superlink.sans", f"must include the address host {host!r}"
         )
+    # flower-superlink starts the ServerApp's SuperExec against 127.0.0.1 over TLS even
+    # when bound to 0.0.0.0, so the certificate always names the loopback address too.
+    sans = [*sans, *(n for n in LOOPBACK if n not in sans)]
     site_tables = raw.get("sites", {})
     if not isinstance(site_tables, dict) or not site_tables:
         raise ConsortiumError(path, "sites", "add at least one [sites.NAME] table")

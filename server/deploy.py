@@ -98,8 +98,11 @@ def sync_keys(kits: Path, connection: str | None = None) -> dict[str, list[str]]
         {"FLWR_HOME": os.environ.get("FLWR_HOME", str(kits / "admin" / "flwr"))}
     )
     done: dict[str, list[str]] = {"registered": [], "unregistered": []}
+    listed = _flwr_json(["supernode", "list", conn], env).get("nodes", [])
+    known = {int(n["node-id"]) for n in listed if n.get("status") != "unregistered"}
     for name, entry in registry["sites"].items():
-        if entry["status"] != "active" or entry.get("node-id") is not None:
+        # a node id the SuperLink no longer lists (e.g. its state was wiped) is re-registered
+        if entry["status"] != "active" or entry.get("node-id") in known:
             continue
         key = kits / "admin" / "keys" / f"{name}.pub"
         data = _flwr_json(

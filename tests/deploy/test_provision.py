@@ -650,3 +650,12 @@ def test_audit_table_renders() -> None:
     assert "refused" in table[3] and "federation.accept-apps" in table[3]
     assert table[2].index("replied") == table[0].index("event")
     assert table[2].index("1.235") == table[0].index("epsilon")
+
+
+def test_certificate_always_names_loopback_for_the_serverapp_connection(
+    tmp_path: Path,
+) -> None:
+    path = write_consortium(
+        tmp_path / "c.toml", address="link.example.org:9092", sans=("link.example.org",)
+    )
+    assert load_consortium(path).sans == ("link.example.org", "127.0.0.1")
