@@ -122,11 +122,15 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def atomic_write(
-    path: Path, write: Callable[[_HashingWriter], object]
+    path: Path, write: Callable[[_HashingWriter], object], mode: int = 0o600
 ) -> tuple[str, int]:
-    """Write a file atomically and durably; returns its SHA-256 and size in bytes."""
+    """Write a file atomically and durably; returns its SHA-256 and size in bytes.
+
+    ``mode`` is set before any byte is written (private keys stay 0600 throughout).
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "wb") as f:
             writer = _HashingWriter(f)
             write(writer)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 
 from client.cli import main
 from client.site_config import SiteConfig, load_site_config
@@ -25,3 +26,17 @@ def prepared_site(factory: pytest.TempPathFactory) -> SiteConfig:
         main(["prepare", "--site-config", str(root / "site.toml")])
         _SITES["hospital_a"] = root / "site.toml"
     return load_site_config(_SITES["hospital_a"])
+
+
+def saved_tiny_model(
+    factory: pytest.TempPathFactory, seed: int, file_name: str = "model.pt"
+) -> Path:
+    """A randomly initialised tiny model saved as a site-evaluation checkpoint."""
+    from client.evaluation.model_io import save_model
+    from m3fm_model import build_model
+
+    torch.manual_seed(seed)
+    return save_model(
+        build_model("tiny"), factory.mktemp("model"), preset="tiny",
+        extra_tasks=[], card={}, file_name=file_name,
+    )  # fmt: skip

@@ -12,12 +12,12 @@ import torch
 
 from client.cli import main
 from client.evaluation.adapt import AdaptOptions, fit_head
-from client.evaluation.model_io import load_model, save_model
+from client.evaluation.model_io import load_model
 from client.evaluation.task_spec import load_new_task
 from client.site_dataset import load_manifest
 from client.synth.heldout import HELDOUT_FILE, HELDOUT_TASK
 from m3fm_model import build_model
-from tests.client.site_fixtures import prepared_site
+from tests.client.site_fixtures import prepared_site, saved_tiny_model
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "site_configs" / "new_task_example.toml"
 
@@ -30,11 +30,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(5)
-    return save_model(
-        build_model("tiny"), tmp_path_factory.mktemp("model"), preset="tiny",
-        extra_tasks=[], card={}, file_name="base.pt",
-    )  # fmt: skip
+    return saved_tiny_model(tmp_path_factory, 5, "base.pt")
 
 
 def test_generator_writes_the_held_out_labels(site) -> None:

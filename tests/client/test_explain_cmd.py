@@ -12,10 +12,10 @@ import torch
 from client.cli import main
 from client.evaluation.exam_input import load_ct_crops
 from client.evaluation.measure import nodule_overlap
-from client.evaluation.model_io import load_model, save_model
+from client.evaluation.model_io import load_model
 from client.site_dataset import load_manifest
-from m3fm_model import build_model, preset_config
-from tests.client.site_fixtures import prepared_site
+from m3fm_model import preset_config
+from tests.client.site_fixtures import prepared_site, saved_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(4)
-    return save_model(
-        build_model("tiny"), tmp_path_factory.mktemp("model"), preset="tiny",
-        extra_tasks=[], card={}, file_name="model.pt",
-    )  # fmt: skip
+    return saved_tiny_model(tmp_path_factory, 4, "model.pt")
 
 
 def _truth(site) -> dict:

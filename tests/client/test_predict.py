@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from client.cli import main
-from client.evaluation.model_io import load_model, save_model
+from client.evaluation.model_io import load_model
 from client.evaluation.rows import predict_rows
 from client.evaluation.stats import sigmoid, softmax
 from client.site_dataset import build_site_dataset, load_manifest
-from m3fm_model import TASKS, build_model
-from tests.client.site_fixtures import prepared_site
+from m3fm_model import TASKS
+from tests.client.site_fixtures import prepared_site, saved_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -26,11 +26,7 @@ def site(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    torch.manual_seed(3)
-    return save_model(
-        build_model("tiny"), tmp_path_factory.mktemp("model"), preset="tiny",
-        extra_tasks=[], card={}, file_name="model.pt",
-    )  # fmt: skip
+    return saved_tiny_model(tmp_path_factory, 3, "model.pt")
 
 
 def _exam_folder(site, exam_id: str) -> Path:
