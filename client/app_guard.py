@@ -23,7 +23,7 @@ from flwr.common.constant import ErrorCode  # noqa: E402
 from flwr.supernode.cli import flwr_clientapp  # noqa: E402
 from flwr.supernode.runtime import run_clientapp as _runtime  # noqa: E402
 
-from .app_pin import AppNotAccepted, app_refusal  # noqa: E402
+from .app_pin import app_refusal  # noqa: E402
 from .audit import AuditLog  # noqa: E402
 from .runtime import site_config_path  # noqa: E402
 from .site_config import load_site_config  # noqa: E402
@@ -35,7 +35,7 @@ _pull = _runtime.pull_task_input
 
 
 def guarded_pull(client: Any) -> tuple[Any, Any, Any, Any]:
-    """Flower's task pull, then the allow-list check (raises AppNotAccepted)."""
+    """Flower's task pull, then the allow-list check (a refused run loads no bundle)."""
     message, context, run, fab = _pull(client)
     site = load_site_config(site_config_path(dict(context.node_config), []))
     reason = app_refusal(
@@ -55,11 +55,23 @@ def guarded_pull(client: Any) -> tuple[Any, Any, Any, Any]:
             reason=reason,
         )
         logger.error("refused run %s: %s", run.run_id, reason)
-        # Answer the server (an error reply with a fixed text, no data), then end this
-        # process without installing or importing the bundle.
-        _runtime.push_message(client, Message(Error(REFUSED_CODE, REFUSED), reply_to=message), context)  # fmt: skip
-        raise AppNotAccepted(REFUSED)
+        _refuse_in_place()
     return message, context, run, fab
+
+
+def _refusing_app(message: Message, context: Any) -> Message:
+    """Stands in for the bundle's ClientApp: an error reply with a fixed text, no data."""
+    return Message(Error(REFUSED_CODE, REFUSED), reply_to=message)
+
+
+def _refuse_in_place() -> None:
+    """Make the rest of Flower's task run skip the bundle and answer with a refusal.
+
+    The bundle is neither installed nor imported; Flower's normal path then pushes the
+    error reply and ends the task cleanly, so the server hears the refusal at once.
+    """
+    _runtime.install_from_fab = lambda *args, **kwargs: None
+    _runtime.get_load_client_app_fn = lambda **kwargs: lambda *args: _refusing_app
 
 
 def main() -> None:

@@ -14,10 +14,6 @@ APP_ID = "m3fm/m3fm-federated"  # [tool.flwr.app] publisher / [project] name
 APP_VERSION = "0.1.0"  # [project] version
 
 
-class AppNotAccepted(RuntimeError):
-    """The run's app is not on this site's allow-list (the message carries no data)."""
-
-
 def app_refusal(
     fab_id: str,
     fab_version: str,

@@ -38,6 +38,12 @@ def consortium_toml(
     return path
 
 
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else str(value)
+
+
 class Deployment:
     """Processes of one test consortium; use as a context manager."""
 
@@ -95,7 +101,10 @@ class Deployment:
         )  # fmt: skip
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
-            if self.flwr("supernode", "list", "--format", "json").returncode == 0:
+            res = self.flwr("supernode", "list", "--format", "json")
+            if res.returncode == 0 and '"success": true' in res.stdout.replace(
+                "\n", ""
+            ):
                 return
             time.sleep(1)
         raise TimeoutError(f"SuperLink not up; see {self.logs / 'superlink.log'}")
@@ -122,14 +131,28 @@ class Deployment:
             name, [str(BIN / "m3fm-site"), "start", "--kit", str(kit), *extra]
         )
 
+    def run_async(
+        self, name: str, run_config: Mapping[str, object]
+    ) -> subprocess.Popen[bytes]:
+        """Start ``flwr run ... --stream`` in the background (logs in ``logs/<name>.log``)."""
+        cfg = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
+        conn = json.loads((self.kits / "admin" / "kit.json").read_text())["connection"]
+        cmd = [
+            str(BIN / "flwr"),
+            "run",
+            str(ROOT),
+            conn,
+            "--run-config",
+            cfg,
+            "--stream",
+        ]
+        return self.spawn(name, cmd)
+
     def run(
         self, run_config: Mapping[str, object], timeout: float = 540
     ) -> tuple[int, str]:
         """``flwr run <app> <connection> --stream``; returns (exit code, output)."""
-        cfg = " ".join(
-            f"{k}={json.dumps(v) if isinstance(v, str) else v}"
-            for k, v in run_config.items()
-        )
+        cfg = " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
         conn = json.loads((self.kits / "admin" / "kit.json").read_text())["connection"]
         res = self.flwr(
             "run", str(ROOT), conn, "--run-config", cfg, "--stream", timeout=timeout
