@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from client.cache import CachedCrop, CacheKey, ExamCache
@@ -35,7 +39,12 @@ from client.site_dataset import (
     default_tokenizer,
     load_manifest,
 )
-from client.train import TrainConfig, predict_split, train_one_round
+from client.train import (
+    TaskPredictions,
+    TrainConfig,
+    predict_split,
+    train_one_round,
+)
 from m3fm_model import M3FM
 from m3fm_model.config import preset_config
 
@@ -43,6 +52,8 @@ from .aggregation import TaskAwareAggregator
 from .validation import ValidatedReply
 
 logger = logging.getLogger(__name__)
+
+BOOTSTRAP_RESAMPLES = 200
 
 
 class PooledCache:
@@ -181,18 +192,117 @@ def train_federated(
 
 
 def evaluate_arm(
-    model: M3FM, sites: Sequence[SiteConfig], plan: ArmPlan
+    model: M3FM,
+    sites: Sequence[SiteConfig],
+    plan: ArmPlan,
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
 ) -> dict[str, Any]:
-    """Per-site and site-weighted test metrics of one model."""
-    per_site = {}
+    """Per-site and site-weighted test metrics of one model, with bootstrap CIs.
+
+    ``aggregate`` averages each metric over the sites weighted by ``<task>.n``;
+    ``ci`` holds a 95 % percentile interval of each task's headline metric from
+    ``resamples`` stratified bootstrap draws (each site's test examples resampled
+    with replacement, then the same weighted average).
+    """
+    per_site, preds = {}, {}
     for site in sites:
         data = build_site_dataset(
             site, plan.preset, "test", augment=False, auxiliary=False
         )
-        preds = predict_split(model, data, "cpu")
-        per_task = {t: task_metrics(t, p.outputs, p.targets) for t, p in preds.items()}
+        preds[site.name] = predict_split(model, data, "cpu")
+        per_task = {
+            t: task_metrics(t, p.outputs, p.targets)
+            for t, p in preds[site.name].items()
+        }
         per_site[site.name] = flatten_for_reply(per_task)
-    return {"aggregate": aggregate_site_metrics(per_site), "sites": per_site}
+    return {
+        "aggregate": aggregate_site_metrics(per_site),
+        "ci": bootstrap_ci(preds, resamples=resamples, seed=plan.seed),
+        "sites": per_site,
+    }
+
+
+def _take(pred: TaskPredictions, rows: np.ndarray) -> TaskPredictions:
+    return TaskPredictions(
+        pred.outputs[rows], {k: v[rows] for k, v in pred.targets.items()}
+    )
+
+
+def bootstrap_ci(
+    preds: Mapping[str, Mapping[str, TaskPredictions]],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, list[float]]:
+    """Percentile bootstrap interval of each task's site-weighted headline metric.
+
+    Args:
+        preds: Site -> task -> test predictions (``predict_split``).
+        resamples: Bootstrap draws.
+        seed: Seed of the draws (the same draws for every arm with the same seed,
+            so arms are compared on the same resamples).
+        level: Coverage of the interval.
+
+    Returns:
+        Task -> [low, high]; a task whose draws give no finite value is left out.
+    """
+    rng = np.random.default_rng(seed)
+    tasks = sorted({t for by_task in preds.values() for t in by_task})
+    draws: dict[str, list[float]] = {t: [] for t in tasks}
+    for _ in range(resamples):
+        per_site = {}
+        for site, by_task in preds.items():
+            per_task = {}
+            for task, pred in by_task.items():
+                rows = rng.integers(0, len(pred.outputs), len(pred.outputs))
+                per_task[task] = task_metrics(task, *_take(pred, rows))
+            per_site[site] = flatten_for_reply(per_task)
+        agg = aggregate_site_metrics(per_site)
+        for task in tasks:
+            got = primary_metric(task, agg)
+            if got is not None and math.isfinite(got[1]):
+                draws[task].append(got[1])
+    tail = (1.0 - level) / 2 * 100
+    return {
+        t: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
+        for t, v in draws.items()
+        if v
+    }
+
+
+def arm_names(sites: Sequence[SiteConfig]) -> list[str]:
+    """The trained arms in table order: federated, centralised, each site; then DP."""
+    names = []
+    for tag in ("", "-dp"):
+        names += [f"federated{tag}", f"centralised{tag}"]
+        names += [f"site:{s.name}{tag}" for s in sites]
+    return names
+
+
+def train_arm(name: str, sites: Sequence[SiteConfig], plan: ArmPlan) -> M3FM:
+    """Train one arm named as in ``arm_names`` (scratch ledgers in a temp folder)."""
+    dp = name.endswith("-dp")
+    base = name.removesuffix("-dp")
+    with tempfile.TemporaryDirectory(prefix="m3fm-compare-") as tmp:
+        scratch = Path(tmp)
+        if base == "federated":
+            return train_federated(sites, plan, dp, scratch)
+        if base == "centralised":
+            return train_centralised(sites, plan, dp, scratch)
+        site = next(s for s in sites if f"site:{s.name}" == base)
+        return train_alone(site, plan, dp, scratch)
+
+
+def _arm_job(
+    name: str, sites: Sequence[SiteConfig], plan: ArmPlan
+) -> tuple[str, dict[str, Any], float]:
+    """Train and evaluate one arm (runs in a worker process)."""
+    torch.set_num_threads(1)
+    start = time.monotonic()
+    evaluated = evaluate_arm(train_arm(name, sites, plan), sites, plan)
+    return name, evaluated, time.monotonic() - start
 
 
 def run_comparison(
@@ -201,45 +311,48 @@ def run_comparison(
     *,
     flower_model: Path | None = None,
     progress: Callable[[str], None] = print,
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """Train and evaluate every arm; returns the comparison as a JSON-ready dict."""
+    """Train and evaluate every arm; returns the comparison as a JSON-ready dict.
+
+    Args:
+        sites: The prepared sites.
+        plan: Settings shared by every arm.
+        flower_model: The Flower run's final state dict (the ``federated-flower-dp``
+            arm), evaluated when the file exists.
+        progress: Called with one line per finished arm.
+        workers: Arms trained at the same time, each in its own process with one
+            torch thread (1 = in this process). The arms do not depend on each
+            other, so the result does not depend on ``workers``.
+
+    Returns:
+        ``plan``, ``split``, ``arms`` (name -> aggregate, ci, sites, seconds) and
+        ``tasks`` (task -> sites that label it).
+    """
     arms: dict[str, dict[str, Any]] = {}
-    with tempfile.TemporaryDirectory(prefix="m3fm-compare-") as tmp:
-        scratch = Path(tmp)
-        if flower_model is not None and flower_model.exists():
-            model = _fresh_model(plan)
-            model.load_state_dict(
-                torch.load(flower_model, map_location="cpu", weights_only=True)
-            )
-            arms["federated-flower-dp"] = evaluate_arm(model, sites, plan)
-        builders: list[tuple[str, Callable[[], M3FM]]] = []
-        for dp in (False, True):
-            tag = "-dp" if dp else ""
-            builders.append(
-                (
-                    f"federated{tag}",
-                    lambda dp=dp: train_federated(sites, plan, dp, scratch),
-                )
-            )
-            builders.append(
-                (
-                    f"centralised{tag}",
-                    lambda dp=dp: train_centralised(sites, plan, dp, scratch),
-                )
-            )
-            for s in sites:
-                builders.append(
-                    (
-                        f"site:{s.name}{tag}",
-                        lambda s=s, dp=dp: train_alone(s, plan, dp, scratch),
-                    )
-                )
-        for name, build in builders:
-            start = time.monotonic()
-            arms[name] = evaluate_arm(build(), sites, plan)
-            progress(
-                f"  {name:<28} trained and evaluated in {time.monotonic() - start:5.1f} s"
-            )
+    if flower_model is not None and flower_model.exists():
+        model = _fresh_model(plan)
+        model.load_state_dict(
+            torch.load(flower_model, map_location="cpu", weights_only=True)
+        )
+        arms["federated-flower-dp"] = evaluate_arm(model, sites, plan)
+    names = arm_names(sites)
+    done: dict[str, dict[str, Any]] = {}
+
+    def finished(name: str, evaluated: dict[str, Any], seconds: float) -> None:
+        done[name] = {**evaluated, "seconds": round(seconds, 1)}
+        progress(f"  {name:<28} trained and evaluated in {seconds:5.1f} s")
+
+    if workers <= 1:
+        for name in names:
+            finished(*_arm_job(name, sites, plan))
+    else:
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            jobs = [pool.submit(_arm_job, name, list(sites), plan) for name in names]
+            for job in as_completed(jobs):
+                finished(*job.result())
+    arms.update({name: done[name] for name in names})
     return {
         "plan": plan.__dict__,
         "split": "test",
@@ -265,17 +378,29 @@ def primary_metric(task: str, metrics: Mapping[str, float]) -> tuple[str, float]
 
 
 def comparison_table(result: Mapping[str, Any]) -> str:
-    """Text table: tasks x arms (headline metric on the pooled test splits)."""
+    """Text table: tasks x arms, headline metric on the test splits, 95 % CI below.
+
+    ``n`` is the number of test examples of the task over all sites.
+    """
     arms = list(result["arms"])
-    lines = [f"{'task':<18} {'metric':<7} " + " ".join(f"{a[:22]:>22}" for a in arms)]
+    width = max(13, *(len(a) for a in arms))
+    lines = [
+        f"{'task':<18} {'metric':<7} {'n':>4} "
+        + " ".join(f"{a:>{width}}" for a in arms)
+    ]
     for task in result["tasks"]:
-        cells, metric = [], "-"
+        cells, spans, metric, n = [], [], "-", 0.0
         for arm in arms:
             got = primary_metric(task, result["arms"][arm]["aggregate"])
+            n = max(n, result["arms"][arm]["aggregate"].get(f"{task}.n", 0.0))
+            ci = result["arms"][arm].get("ci", {}).get(task)
             if got:
                 metric = got[0]
-            cells.append(f"{got[1]:22.3f}" if got else f"{'-':>22}")
-        lines.append(f"{task:<18} {metric:<7} " + " ".join(cells))
+            cells.append(f"{got[1]:{width}.3f}" if got else f"{'-':>{width}}")
+            span = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"
+            spans.append(f"{span:>{width}}")
+        lines.append(f"{task:<18} {metric:<7} {n:4.0f} " + " ".join(cells))
+        lines.append(f"{'':<18} {'95% CI':<7} {'':>4} " + " ".join(spans))
     return "\n".join(lines)
 
 

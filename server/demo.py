@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import sys
 import time
@@ -17,13 +18,18 @@ from pathlib import Path
 from client.prepare import manifest_path, prepare_site
 from client.site_config import load_site_config
 from client.synth import synthesize_site
+from client.synth.profiles import get
 
 from .comparison import ArmPlan, comparison_table, run_comparison, write_comparison
 from .report import MetricsHistory, summary_table
 from .simulation import flwr_run, local_superlink
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_SITES = (("hospital_a", 60, 1), ("hospital_b", 50, 2), ("hospital_c", 40, 3))
+# (profile, patients, seed) of the demo hospitals, from the profiles.
+DEMO_SITES = tuple(
+    (name, get(name).demo_patients, get(name).demo_seed)
+    for name in ("hospital_a", "hospital_b", "hospital_c")
+)
 
 
 def _say(text: str) -> None:
@@ -76,6 +82,7 @@ def run_federated(configs: list[Path], run_dir: Path, args: argparse.Namespace) 
         "batch-size": args.batch_size,
         "lr": args.lr,
         "trainable-scope": args.scope,
+        "modality-dropout": args.modality_dropout,
         "output-dir": str(run_dir.parent),
         "run-name": run_dir.name,
         "sim-site-configs": ",".join(str(c) for c in configs),
@@ -94,10 +101,22 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--local-steps", type=int, default=12)
+    p.add_argument("--local-steps", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--scope", default="all")
+    p.add_argument(
+        "--modality-dropout",
+        type=float,
+        default=0.2,
+        help="share of exams shown without CT, and without text",
+    )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="comparison arms trained at the same time (one process and thread each)",
+    )
     p.add_argument("--no-compare", action="store_true", help="skip the comparison arms")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -139,10 +158,14 @@ def compare(configs: list[Path], run_dir: Path, args: argparse.Namespace) -> Non
         args.batch_size,
         args.lr,
         0,
-        0.2,
+        args.modality_dropout,
     )
     result = run_comparison(
-        sites, plan, flower_model=run_dir / "final_model.pt", progress=_say
+        sites,
+        plan,
+        flower_model=run_dir / "final_model.pt",
+        progress=_say,
+        workers=args.workers,
     )
     path = write_comparison(result, run_dir / "comparison.json")
     _say("\n" + comparison_table(result))

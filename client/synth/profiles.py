@@ -304,7 +304,7 @@ HOSPITAL_A = Profile(
         }),
     ),
     tasks=("cancer_risk", "nodule_presence", "nodule_size", "emphysema", "heart"),
-    epsilon=8.0, default_faults=False, demo_patients=60, demo_seed=1,
+    epsilon=8.0, default_faults=False, demo_patients=75, demo_seed=1,
 )  # fmt: skip
 
 HOSPITAL_B = Profile(
@@ -342,7 +342,7 @@ HOSPITAL_B = Profile(
         }),
     ),
     tasks=("heart", "cvd_mortality", "cancer_risk", "pleural_effusion", "consolidation"),
-    epsilon=4.0, default_faults=True, demo_patients=50, demo_seed=2,
+    epsilon=4.0, default_faults=True, demo_patients=65, demo_seed=2,
 )  # fmt: skip
 
 HOSPITAL_C = Profile(
@@ -381,7 +381,7 @@ HOSPITAL_C = Profile(
     ),
     tasks=("covid19", "nodule_presence", "nodule_consistency", "atelectasis",
            "fibrosis", "emphysema"),
-    epsilon=10.0, default_faults=False, demo_patients=40, demo_seed=3,
+    epsilon=10.0, default_faults=False, demo_patients=55, demo_seed=3,
 )  # fmt: skip
 
 PROFILES: Mapping[str, Profile] = types.MappingProxyType(

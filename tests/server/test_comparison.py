@@ -1,0 +1,77 @@
+"""Comparison helpers: bootstrap intervals of the headline metric, arm names, table."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from client.train import TaskPredictions
+from server.comparison import arm_names, bootstrap_ci, comparison_table, primary_metric
+
+
+def _binary(scores: np.ndarray, labels: np.ndarray) -> TaskPredictions:
+    logits = np.stack([np.zeros_like(scores), scores], axis=1)
+    return TaskPredictions(logits, {"target": labels.astype(np.int64)})
+
+
+def test_bootstrap_ci_of_a_perfect_and_a_random_score() -> None:
+    rng = np.random.default_rng(1)
+    labels = np.array([0, 1] * 30)
+    perfect = {"s1": {"heart": _binary(labels * 2.0 - 1.0, labels)}}
+    assert bootstrap_ci(perfect, resamples=50) == {"heart": [1.0, 1.0]}
+    noise = {"s1": {"heart": _binary(rng.normal(size=60), labels)}}
+    low, high = bootstrap_ci(noise, resamples=200)["heart"]
+    assert low < 0.5 < high
+    assert high - low > 0.1
+
+
+def test_bootstrap_ci_weights_sites_and_narrows_with_more_examples() -> None:
+    rng = np.random.default_rng(2)
+
+    def site(n: int) -> TaskPredictions:
+        labels = rng.integers(0, 2, n)
+        return _binary(labels + rng.normal(scale=1.0, size=n), labels)
+
+    small = bootstrap_ci({"a": {"heart": site(20)}}, resamples=200)["heart"]
+    large = bootstrap_ci(
+        {"a": {"heart": site(200)}, "b": {"heart": site(200)}}, resamples=200
+    )["heart"]
+    assert large[1] - large[0] < small[1] - small[0]
+    assert 0.6 < large[0] < large[1] < 0.95
+
+
+def test_bootstrap_is_reproducible_and_skips_one_class_sites() -> None:
+    labels = np.array([0, 1, 1, 0, 1, 0, 0, 1])
+    preds = {
+        "a": {"heart": _binary(np.linspace(-1, 1, 8), labels)},
+        "b": {"heart": _binary(np.ones(3), np.ones(3, dtype=int))},  # AUC undefined
+    }
+    first = bootstrap_ci(preds, resamples=30, seed=5)
+    assert first == bootstrap_ci(preds, resamples=30, seed=5)
+    assert set(first) == {"heart"}
+
+
+def test_arm_names_and_table() -> None:
+    sites = [
+        SimpleNamespace(name="h1", tasks=("heart",)),
+        SimpleNamespace(name="h2", tasks=("heart",)),
+    ]
+    names = arm_names(sites)  # type: ignore[arg-type]
+    assert names[:4] == ["federated", "centralised", "site:h1", "site:h2"]
+    assert names[4:] == [f"{n}-dp" for n in names[:4]]
+    result = {
+        "tasks": {"heart": ["h1", "h2"]},
+        "arms": {
+            "federated": {
+                "aggregate": {"heart.auc": 0.8, "heart.n": 40.0},
+                "ci": {"heart": [0.7, 0.9]},
+            },
+            "site:h1": {"aggregate": {"heart.auc": 0.6, "heart.n": 40.0}},
+        },
+    }
+    table = comparison_table(result)
+    row, spans = table.splitlines()[1:3]
+    assert row.split()[:5] == ["heart", "auc", "40", "0.800", "0.600"]
+    assert spans.split()[-2:] == ["0.70-0.90", "-"]
+    assert primary_metric("heart", {"heart.auc": 0.8}) == ("auc", 0.8)
