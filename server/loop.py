@@ -304,6 +304,11 @@ class FederatedLoop:
             "trainable-scope": self.cfg.trainable_scope,
             "aggregation": self.cfg.aggregation,
             "privacy": _privacy_by_site(ls.history),
+            "central-dp-epsilon": (
+                self.aggregator.central_dp.epsilon()
+                if self.aggregator.central_dp is not None
+                else None
+            ),
             "metrics": ls.history.rounds[-1].aggregate if ls.history.rounds else {},
             "run-config": self.cfg.to_dict(),
         }

@@ -132,6 +132,9 @@ class SecAggStrategy(Strategy):
             return None, {}
         summed = parameters_to_ndarrays(results[0][1].parameters)
         updates, indicators = combine(self.names, summed)
+        if not updates:  # every site refused or failed: all indicators are zero
+            history.record_aggregation(rnd, False, "no site contributed an update", {})
+            return None, {}
         counts = {g: round(w * len(results)) for g, w in indicators.items()}
         reason = self._central_dp(updates, counts, len(results))
         if reason is not None:
