@@ -35,13 +35,18 @@ ROUNDS = {
 
 def _add_private_tags(folder: Path, sentinel: str, every: int = 7) -> int:
     """Write a private tag holding ``sentinel`` into every ``every``-th DICOM file."""
-    files = sorted(folder.rglob("*.dcm"))
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    tagged = 0
     for path in files[::every]:
-        ds = pydicom.dcmread(path)
+        try:
+            ds = pydicom.dcmread(path)
+        except Exception:  # the generator's deliberately corrupt files
+            continue
         block = ds.private_block(0x0011, "M3FM LEAK PROBE", create=True)
         block.add_new(0x01, "LO", sentinel)
         ds.save_as(path)
-    return len(files[::every])
+        tagged += 1
+    return tagged
 
 
 def _sentinels(folder: Path) -> list[str]:
