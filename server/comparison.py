@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import multiprocessing
 import tempfile
 import time
@@ -32,7 +31,7 @@ from client.metrics import aggregate_site_metrics, flatten_for_reply, task_metri
 from client.privacy_ledger import PrivacyLedger
 from client.runtime import seeded_model
 from client.scope import param_group
-from client.site_config import SiteConfig
+from client.site_config import SiteConfig, load_site_config
 from client.site_dataset import (
     SiteDataset,
     build_site_dataset,
@@ -54,6 +53,7 @@ from .validation import ValidatedReply
 logger = logging.getLogger(__name__)
 
 BOOTSTRAP_RESAMPLES = 200
+DRAWS = "_draws"  # in-memory bootstrap draws of an evaluated arm
 
 
 class PooledCache:
@@ -203,7 +203,8 @@ def evaluate_arm(
     ``aggregate`` averages each metric over the sites weighted by ``<task>.n``;
     ``ci`` holds a 95 % percentile interval of each task's headline metric from
     ``resamples`` stratified bootstrap draws (each site's test examples resampled
-    with replacement, then the same weighted average).
+    with replacement, then the same weighted average); the draws themselves are
+    kept under ``DRAWS`` for paired comparisons (not written to JSON).
     """
     per_site, preds = {}, {}
     for site in sites:
@@ -216,10 +217,13 @@ def evaluate_arm(
             for t, p in preds[site.name].items()
         }
         per_site[site.name] = flatten_for_reply(per_task)
+    draws = bootstrap_draws(preds, resamples=resamples, seed=plan.seed)
+    intervals = {t: percentile_interval(v) for t, v in draws.items()}
     return {
         "aggregate": aggregate_site_metrics(per_site),
-        "ci": bootstrap_ci(preds, resamples=resamples, seed=plan.seed),
+        "ci": {t: ci for t, ci in intervals.items() if ci is not None},
         "sites": per_site,
+        DRAWS: draws,
     }
 
 
@@ -227,6 +231,58 @@ def _take(pred: TaskPredictions, rows: np.ndarray) -> TaskPredictions:
     return TaskPredictions(
         pred.outputs[rows], {k: v[rows] for k, v in pred.targets.items()}
     )
+
+
+def bootstrap_draws(
+    preds: Mapping[str, Mapping[str, TaskPredictions]],
+    *,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
+    """Each task's site-weighted headline metric on stratified bootstrap resamples.
+
+    Sites and tasks are visited in sorted order and every site's test examples are
+    resampled with replacement; with the same seed and test splits, every model gets
+    the same resampled rows, so two models' draws are paired.
+
+    Args:
+        preds: Site -> task -> test predictions (``predict_split``).
+        resamples: Bootstrap draws.
+        seed: Seed of the draws.
+
+    Returns:
+        Task -> (resamples,) values, NaN where a draw had no defined metric.
+    """
+    rng = np.random.default_rng(seed)
+    tasks = sorted({t for by_task in preds.values() for t in by_task})
+    draws = {t: np.full(resamples, np.nan) for t in tasks}
+    for i in range(resamples):
+        per_site = {}
+        for site in sorted(preds):
+            per_task = {}
+            for task in sorted(preds[site]):
+                pred = preds[site][task]
+                rows = rng.integers(0, len(pred.outputs), len(pred.outputs))
+                per_task[task] = task_metrics(task, *_take(pred, rows))
+            per_site[site] = flatten_for_reply(per_task)
+        agg = aggregate_site_metrics(per_site)
+        for task in tasks:
+            got = primary_metric(task, agg)
+            if got is not None:
+                draws[task][i] = got[1]
+    return draws
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float] | None:
+    """[low, high] percentile interval of the finite values (None when there are none)."""
+    finite = values[np.isfinite(values)]
+    if not finite.size:
+        return None
+    tail = (1.0 - level) / 2 * 100
+    return [
+        float(np.percentile(finite, tail)),
+        float(np.percentile(finite, 100 - tail)),
+    ]
 
 
 def bootstrap_ci(
@@ -240,36 +296,57 @@ def bootstrap_ci(
 
     Args:
         preds: Site -> task -> test predictions (``predict_split``).
-        resamples: Bootstrap draws.
-        seed: Seed of the draws (the same draws for every arm with the same seed,
-            so arms are compared on the same resamples).
+        resamples: Bootstrap draws (``bootstrap_draws``).
+        seed: Seed of the draws.
         level: Coverage of the interval.
 
     Returns:
         Task -> [low, high]; a task whose draws give no finite value is left out.
     """
-    rng = np.random.default_rng(seed)
-    tasks = sorted({t for by_task in preds.values() for t in by_task})
-    draws: dict[str, list[float]] = {t: [] for t in tasks}
-    for _ in range(resamples):
-        per_site = {}
-        for site, by_task in preds.items():
-            per_task = {}
-            for task, pred in by_task.items():
-                rows = rng.integers(0, len(pred.outputs), len(pred.outputs))
-                per_task[task] = task_metrics(task, *_take(pred, rows))
-            per_site[site] = flatten_for_reply(per_task)
-        agg = aggregate_site_metrics(per_site)
-        for task in tasks:
-            got = primary_metric(task, agg)
-            if got is not None and math.isfinite(got[1]):
-                draws[task].append(got[1])
-    tail = (1.0 - level) / 2 * 100
-    return {
-        t: [float(np.percentile(v, tail)), float(np.percentile(v, 100 - tail))]
-        for t, v in draws.items()
-        if v
-    }
+    draws = bootstrap_draws(preds, resamples=resamples, seed=seed)
+    out = {t: percentile_interval(v, level) for t, v in draws.items()}
+    return {t: ci for t, ci in out.items() if ci is not None}
+
+
+def paired_differences(
+    arms: Mapping[str, Mapping[str, Any]],
+    draws: Mapping[str, Mapping[str, np.ndarray]],
+    sites: Sequence[SiteConfig],
+) -> dict[str, dict[str, Any]]:
+    """Federated minus each site alone, per task the site labels, with paired CIs.
+
+    For each DP setting (``federated`` vs ``site:<name>``, ``federated-dp`` vs
+    ``site:<name>-dp``) and each task both arms have a headline metric for:
+    ``diff`` (point estimates), ``ci`` (95 % interval of the paired bootstrap
+    differences) and ``share_better`` (share of draws where federated is higher).
+
+    Returns:
+        ``"<federated arm> vs <site arm>"`` -> task -> the figures.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for tag in ("", "-dp"):
+        fed = f"federated{tag}"
+        if fed not in arms:
+            continue
+        for site in sites:
+            alone = f"site:{site.name}{tag}"
+            if alone not in arms:
+                continue
+            rows = {}
+            for task in site.tasks:
+                a = primary_metric(task, arms[fed]["aggregate"])
+                b = primary_metric(task, arms[alone]["aggregate"])
+                if a is None or b is None:
+                    continue
+                delta = draws[fed][task] - draws[alone][task]
+                finite = delta[np.isfinite(delta)]
+                rows[task] = {
+                    "diff": a[1] - b[1],
+                    "ci": percentile_interval(delta),
+                    "share_better": float((finite > 0).mean()) if finite.size else None,
+                }
+            out[f"{fed} vs {alone}"] = rows
+    return out
 
 
 def arm_names(sites: Sequence[SiteConfig]) -> list[str]:
@@ -296,10 +373,11 @@ def train_arm(name: str, sites: Sequence[SiteConfig], plan: ArmPlan) -> M3FM:
 
 
 def _arm_job(
-    name: str, sites: Sequence[SiteConfig], plan: ArmPlan
+    name: str, sites: Sequence[SiteConfig | Path], plan: ArmPlan
 ) -> tuple[str, dict[str, Any], float]:
-    """Train and evaluate one arm (runs in a worker process)."""
+    """Train and evaluate one arm (a worker process gets the site config paths)."""
     torch.set_num_threads(1)
+    sites = [load_site_config(s) if isinstance(s, Path) else s for s in sites]
     start = time.monotonic()
     evaluated = evaluate_arm(train_arm(name, sites, plan), sites, plan)
     return name, evaluated, time.monotonic() - start
@@ -326,8 +404,9 @@ def run_comparison(
             other, so the result does not depend on ``workers``.
 
     Returns:
-        ``plan``, ``split``, ``arms`` (name -> aggregate, ci, sites, seconds) and
-        ``tasks`` (task -> sites that label it).
+        ``plan``, ``split``, ``bootstrap``, ``arms`` (name -> aggregate, ci, sites,
+        seconds), ``tasks`` (task -> sites that label it) and
+        ``federated_vs_site`` (``paired_differences``).
     """
     arms: dict[str, dict[str, Any]] = {}
     if flower_model is not None and flower_model.exists():
@@ -349,15 +428,19 @@ def run_comparison(
     else:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            jobs = [pool.submit(_arm_job, name, list(sites), plan) for name in names]
+            paths = [Path(s.path) for s in sites]  # configs hold unpicklable views
+            jobs = [pool.submit(_arm_job, name, paths, plan) for name in names]
             for job in as_completed(jobs):
                 finished(*job.result())
     arms.update({name: done[name] for name in names})
+    draws = {name: arm.pop(DRAWS) for name, arm in arms.items()}
     return {
         "plan": plan.__dict__,
         "split": "test",
+        "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "level": 0.95},
         "arms": arms,
         "tasks": _shared_tasks(sites),
+        "federated_vs_site": paired_differences(arms, draws, sites),
     }
 
 
@@ -401,6 +484,21 @@ def comparison_table(result: Mapping[str, Any]) -> str:
             spans.append(f"{span:>{width}}")
         lines.append(f"{task:<18} {metric:<7} {n:4.0f} " + " ".join(cells))
         lines.append(f"{'':<18} {'95% CI':<7} {'':>4} " + " ".join(spans))
+    pairs = result.get("federated_vs_site") or {}
+    if pairs:
+        lines.append(
+            "\nfederated minus site alone (paired bootstrap, same test examples):"
+        )
+    for pair, rows in pairs.items():
+        for task, row in rows.items():
+            ci = row["ci"]
+            span = f"{ci[0]:+.2f}..{ci[1]:+.2f}" if ci else "-"
+            better = row["share_better"]
+            share = f"{better:.0%}" if better is not None else "-"
+            lines.append(
+                f"  {pair:<40} {task:<18} {row['diff']:+.3f}  95% CI {span:<13}"
+                f" federated higher in {share} of draws"
+            )
     return "\n".join(lines)
 
 

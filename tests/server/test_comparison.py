@@ -7,7 +7,14 @@ from types import SimpleNamespace
 import numpy as np
 
 from client.train import TaskPredictions
-from server.comparison import arm_names, bootstrap_ci, comparison_table, primary_metric
+from server.comparison import (
+    arm_names,
+    bootstrap_ci,
+    bootstrap_draws,
+    comparison_table,
+    paired_differences,
+    primary_metric,
+)
 
 
 def _binary(scores: np.ndarray, labels: np.ndarray) -> TaskPredictions:
@@ -75,3 +82,28 @@ def test_arm_names_and_table() -> None:
     assert row.split()[:5] == ["heart", "auc", "40", "0.800", "0.600"]
     assert spans.split()[-2:] == ["0.70-0.90", "-"]
     assert primary_metric("heart", {"heart.auc": 0.8}) == ("auc", 0.8)
+
+
+def test_paired_differences_use_the_same_resamples() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 80)
+    good = {"s1": {"heart": _binary(labels + rng.normal(scale=0.5, size=80), labels)}}
+    weak = {"s1": {"heart": _binary(labels + rng.normal(scale=3.0, size=80), labels)}}
+    arms, draws = {}, {}
+    for name, preds in (("federated", good), ("site:s1", weak), ("site:s2", good)):
+        draws[name] = bootstrap_draws(preds, resamples=100, seed=0)
+        auc = float(np.nanmean(draws[name]["heart"]))
+        arms[name] = {"aggregate": {"heart.auc": auc, "heart.n": 80.0}}
+    sites = [
+        SimpleNamespace(name="s1", tasks=("heart",)),
+        SimpleNamespace(name="s2", tasks=("heart", "emphysema")),
+    ]
+    out = paired_differences(arms, draws, sites)  # type: ignore[arg-type]
+    better = out["federated vs site:s1"]["heart"]
+    assert (
+        better["diff"] > 0.1 and better["ci"][0] > 0 and better["share_better"] == 1.0
+    )
+    same = out["federated vs site:s2"]
+    assert set(same) == {"heart"}  # no emphysema metric in either arm
+    assert same["heart"]["diff"] == 0.0 and same["heart"]["ci"] == [0.0, 0.0]
+    assert same["heart"]["share_better"] == 0.0
