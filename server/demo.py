@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the demo."""
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--rounds", type=int, default=4)
-    p.add_argument("--local-steps", type=int, default=20)
+    p.add_argument("--local-steps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--scope", default="all")
