@@ -15,7 +15,6 @@ os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 
 from flwr.app import (
-    ArrayRecord,
     ConfigRecord,
     Context,
     Message,
@@ -23,6 +22,8 @@ from flwr.app import (
     RecordDict,
 )  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
+
+from server.transfer import half_mode, received_tensors, wire_record  # noqa: E402
 
 from .audit import AuditLog, payload_digest  # noqa: E402
 from .records import (
@@ -50,8 +51,12 @@ app = ClientApp(mods=[secagg_when_requested])
 
 
 def _request(msg: Message, context: Context) -> SiteRequest:
+    config = (
+        dict(msg.content["config"]) if "config" in msg.content.config_records else {}
+    )
+    half = half_mode(str(config.get("transfer", "float32")))
     arrays = (
-        msg.content["arrays"].to_torch_state_dict()
+        received_tensors(msg.content["arrays"], half)
         if "arrays" in msg.content.array_records
         else {}
     )
@@ -59,19 +64,22 @@ def _request(msg: Message, context: Context) -> SiteRequest:
         run_id=str(context.run_id),
         node_config=dict(context.node_config),
         run_config=dict(context.run_config),
-        instruction=dict(msg.content["config"])
-        if "config" in msg.content.config_records
-        else {},
+        instruction=config,
         arrays=arrays,
     )
 
 
 def _reply(
-    msg: Message, site: str, metrics: dict, patterns: tuple, arrays: dict | None = None
+    msg: Message,
+    site: str,
+    metrics: dict,
+    patterns: tuple,
+    arrays: dict | None = None,
+    half: str | None = None,
 ) -> Message:
     content = RecordDict({"metrics": MetricRecord(filter_metrics(metrics, patterns))})
     if arrays:
-        content["arrays"] = ArrayRecord(arrays)
+        content["arrays"] = wire_record(arrays, half)
     content["site"] = ConfigRecord({"name": site})
     return Message(content, reply_to=msg)
 
@@ -104,7 +112,8 @@ def _answer(
     except Exception:  # never crash the node, never send the text
         logger.exception("%s failed", kind)
         outcome = SiteOutcome("", {"status": int(Status.TRAINING_ERROR)})
-    reply = _reply(msg, outcome.site, outcome.metrics, patterns, outcome.arrays)
+    half = half_mode(str(req.instruction.get("transfer", "float32")))
+    reply = _reply(msg, outcome.site, outcome.metrics, patterns, outcome.arrays, half)
     content = reply.content
     arrays = content["arrays"] if "arrays" in content.array_records else {}
     sha, sizes = payload_digest(arrays)

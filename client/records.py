@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from enum import IntEnum
 from typing import Any
 
@@ -87,6 +87,7 @@ class Instruction:
     modality_dropout: float
     full_model: bool
     split: str = "val"
+    transfer: str = "float32"  # arrays travel as float32, float16 or bfloat16 bits
 
     def to_record(self) -> dict[str, Any]:
         """Kebab-case keys for a ConfigRecord."""
@@ -99,7 +100,7 @@ class Instruction:
         for f in fields(cls):
             key = f.name.replace("_", "-")
             if key not in record:
-                if f.name == "split":
+                if f.default is not MISSING:
                     continue
                 raise ValueError(f"instruction lacks {key!r}")
             values[f.name] = record[key]

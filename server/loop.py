@@ -32,7 +32,7 @@ from .central_dp import CentralDp, make_central_dp
 from .checkpoint import RunCheckpointer, export_final
 from .report import MetricsHistory, summary_table, write_plots
 from .run_config import RunConfig
-from .transfer import record_arrays
+from .transfer import half_mode, record_arrays, wire_record
 from .validation import (
     EVALUATE_REPLY_RECORDS,
     TRAIN_REPLY_RECORDS,
@@ -140,14 +140,14 @@ class FederatedLoop:
         mu = c.proximal_mu if c.aggregation == "fedprox" else 0.0
         return Instruction(
             rnd, c.num_server_rounds, c.preset, c.trainable_scope, c.lr, c.local_steps,
-            c.batch_size, c.seed, mu, c.modality_dropout, full, split,
+            c.batch_size, c.seed, mu, c.modality_dropout, full, split, c.transfer_precision,
         )  # fmt: skip
 
     def _messages(
         self, nodes: Iterable[int], state: dict, instr: Instruction, kind: str
     ) -> list[Message]:
         names = list(state) if instr.full_model else self.travel
-        arrays = ArrayRecord({n: state[n] for n in names})
+        arrays = wire_record({n: state[n] for n in names}, half_mode(instr.transfer))
         out = []
         for nid in nodes:
             content = RecordDict(
@@ -202,6 +202,7 @@ class FederatedLoop:
             result = validate_reply(
                 arrays, metrics, expected, state, max_update_norm=self.cfg.max_update_norm,
                 allowed_metric_patterns=patterns, site=site,
+                half=half_mode(self.cfg.transfer_precision),
             )  # fmt: skip
             history.record_train(
                 rnd,

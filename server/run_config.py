@@ -40,6 +40,7 @@ class RunConfig:
     secagg: bool = False
     secagg_threshold: float = 0.67
     secagg_clip_range: float = 1.0
+    transfer_precision: str = "float32"
     modality_dropout: float = 0.2
     seed: int = 0
     output_dir: str = "runs"
@@ -68,6 +69,11 @@ class RunConfig:
             (self.evaluate_split in ("val", "test"), "evaluate-split", "val or test"),
             (0 < self.secagg_threshold <= 1, "secagg-threshold", "in (0, 1]"),
             (self.secagg_clip_range > 0, "secagg-clip-range", "positive"),
+            (
+                self.transfer_precision in ("float32", "float16", "bfloat16"),
+                "transfer-precision",
+                "float32, float16 or bfloat16",
+            ),
             (
                 not (self.secagg and self.aggregation not in ("fedavg", "fedprox")),
                 "aggregation",

@@ -17,7 +17,7 @@ import math
 import re
 import warnings
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -113,6 +113,28 @@ def encode_state(
     """
     check_half(half)
     return {name: encode_tensor(t, half) for name, t in state.items()}
+
+
+def half_mode(precision: str) -> str | None:
+    """The ``half`` argument for a run-config ``transfer-precision``."""
+    return None if precision == "float32" else check_half(precision)
+
+
+def wire_record(state: Mapping[str, torch.Tensor], half: str | None) -> Any:
+    """An ``ArrayRecord`` of ``state`` as it travels under ``half`` (see encode_state)."""
+    from flwr.app import Array, ArrayRecord
+
+    if half is None:
+        return ArrayRecord(dict(state))
+    return ArrayRecord(array_dict={n: Array(a) for n, a in encode_state(state, half).items()})  # fmt: skip
+
+
+def received_tensors(record: Any, half: str | None) -> dict[str, torch.Tensor]:
+    """A received ``ArrayRecord`` as tensors; bfloat16 bits come back as bfloat16."""
+    arrays = record.to_torch_state_dict()
+    if half != "bfloat16":
+        return arrays
+    return {n: t.view(torch.bfloat16) if t.dtype == torch.int16 else t for n, t in arrays.items()}  # fmt: skip
 
 
 _READ_ONLY_SEEN = False
