@@ -30,7 +30,7 @@ from client.cache import CachedCrop, CacheKey, ExamCache
 from client.metrics import aggregate_site_metrics, flatten_for_reply, task_metrics
 from client.privacy_ledger import PrivacyLedger
 from client.runtime import seeded_model
-from client.scope import param_group
+from client.scope import param_group, prepare_scope
 from client.site_config import SiteConfig, load_site_config
 from client.site_dataset import (
     SiteDataset,
@@ -86,7 +86,10 @@ class ArmPlan:
 
 
 def _fresh_model(plan: ArmPlan) -> M3FM:
-    return seeded_model(plan.preset, plan.seed)
+    # LoRA scopes need their adapters before the first state snapshot
+    return prepare_scope(
+        seeded_model(plan.preset, plan.seed), plan.scope, seed=plan.seed
+    )
 
 
 def _train_cfg(
