@@ -27,15 +27,28 @@ FLOWER_ENV = {
 }
 
 
-def read_kit(kit: Path) -> dict[str, Any]:
-    """The site kit's ``kit.json``; a missing or foreign kit raises ValueError."""
+def read_kit(kit: Path, kind: str = "site") -> dict[str, Any]:
+    """A kit's ``kit.json``; a missing kit or one of another kind raises ValueError."""
     path = Path(kit) / "kit.json"
     if not path.is_file():
-        raise ValueError(f"{path} not found; pass the site kit folder from the admin")
+        raise ValueError(
+            f"{path} not found; pass the {kind} kit folder made by provision"
+        )
     info = json.loads(path.read_text(encoding="utf-8"))
-    if info.get("kind") != "site":
-        raise ValueError(f"{kit} is a {info.get('kind')} kit, not a site kit")
+    if info.get("kind") != kind:
+        raise ValueError(f"{kit} is a {info.get('kind')} kit, not a {kind} kit")
     return info
+
+
+def flower_env(*first_on_path: Path) -> dict[str, str]:
+    """Environment of Flower processes: no telemetry or runtime installs, our PATH first.
+
+    ``first_on_path`` come first on PATH, then this Python's scripts folder.
+    """
+    env = dict(os.environ) | FLOWER_ENV
+    path = [*(str(p) for p in first_on_path), str(Path(sys.executable).parent)]
+    env["PATH"] = os.pathsep.join([*path, env.get("PATH", "")])
+    return env
 
 
 def install_shim(site: SiteConfig) -> Path:
@@ -84,7 +97,4 @@ def supernode_command(
         ]  # fmt: skip
     if max_retries is not None:
         cmd += ["--max-retries", str(max_retries)]
-    env = dict(os.environ) | FLOWER_ENV
-    path = [str(install_shim(site)), str(Path(sys.executable).parent)]
-    env["PATH"] = os.pathsep.join([*path, env.get("PATH", "")])
-    return cmd, env, site
+    return cmd, flower_env(install_shim(site)), site

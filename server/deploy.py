@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from client.start import FLOWER_ENV
+from client.start import flower_env, read_kit
 
 from .provision import read_registry, write_registry
 
@@ -28,24 +26,12 @@ INSECURE_WARNING = (
 )
 
 
-def _kit_json(kit: Path, kind: str) -> dict[str, Any]:
-    path = kit / "kit.json"
-    if not path.is_file():
-        raise ValueError(
-            f"{path} not found; pass the {kind} kit folder made by provision"
-        )
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("kind") != kind:
-        raise ValueError(f"{kit} is a {data.get('kind')} kit, not a {kind} kit")
-    return data
-
-
 def superlink_command(
     kit: Path, state_dir: Path, host: str | None = None, insecure: bool = False
 ) -> list[str]:
     """The ``flower-superlink`` command line of a SuperLink kit."""
     kit = Path(kit).resolve()
-    info = _kit_json(kit, "superlink")
+    info = read_kit(kit, "superlink")
     addr_host, port = info["address"].rsplit(":", 1)
     cmd = [
         "flower-superlink",
@@ -62,14 +48,6 @@ def superlink_command(
         "--ssl-keyfile", str(kit / "superlink-key.pem"),
         "--enable-supernode-auth",
     ]  # fmt: skip
-
-
-def flower_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment for Flower processes: ours first on PATH, no telemetry."""
-    env = dict(os.environ) | FLOWER_ENV | (extra or {})
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    return env
 
 
 def _flwr_json(args: list[str], env: dict[str, str]) -> dict[str, Any]:
@@ -94,9 +72,8 @@ def sync_keys(kits: Path, connection: str | None = None) -> dict[str, list[str]]
     kits = Path(kits).resolve()
     registry = read_registry(kits)
     conn = connection or registry.get("consortium")
-    env = flower_env(
-        {"FLWR_HOME": os.environ.get("FLWR_HOME", str(kits / "admin" / "flwr"))}
-    )
+    env = flower_env()
+    env.setdefault("FLWR_HOME", str(kits / "admin" / "flwr"))
     done: dict[str, list[str]] = {"registered": [], "unregistered": []}
     listed = _flwr_json(["supernode", "list", conn], env).get("nodes", [])
     known = {int(n["node-id"]) for n in listed if n.get("status") != "unregistered"}
