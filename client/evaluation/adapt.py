@@ -2,11 +2,13 @@
 
 The new task gets a fresh head on the loaded model; the trunk stays frozen, so the
 head trains on the fused task-token features of the labelled exams (weighted
-cross-entropy, AdamW, full batch). The task's metric (AUC; macro one-vs-rest AUC for
-multi-class) is cross-validated by patient against (a) the same head on a randomly
-initialised trunk and (b) a logistic regression on the clinical variables. The final
-head, trained on every labelled exam, is saved with the model and on its own for
-sharing with the consortium (no patient data in it).
+cross-entropy, AdamW, full batch). With ``train_fusion`` the fusion layers
+(``task_attention``) train together with the head on the frozen encoders' outputs
+(``adapt_fusion``); both model arms then get that treatment. The task's metric (AUC;
+macro one-vs-rest AUC for multi-class) is cross-validated by patient against (a) the
+same head on a randomly initialised trunk and (b) a logistic regression on the clinical
+variables. The final head, trained on every labelled exam, is saved with the model and
+on its own for sharing with the consortium (no patient data in it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch.nn.functional as F
 from m3fm_model import M3FM, build_model
 
 from ..metrics import multiclass_auc, roc_auc
-from .adapt_data import LabelledExams, clinical_matrix, task_features
+from .adapt_data import LabelledExams, clinical_matrix, encode_exams, task_features
+from .adapt_fusion import fit_fusion, predict_fusion
 from .model_io import LoadedModel
 from .task_spec import NewTask, registry_with
 
@@ -38,7 +41,13 @@ class AdaptOptions:
         lr: AdamW learning rate.
         weight_decay: AdamW weight decay.
         folds: Cross-validation folds (grouped by patient, stratified).
-        seed: Seed of the head's initialisation, the folds and the random trunk.
+        seed: Seed of the head's initialisation, the folds, the random trunk and the
+            fusion fine-tuning's mini-batches.
+        train_fusion: Train the fusion layers (``task_attention``) with the head.
+        fusion_lr: AdamW learning rate of the fusion layers.
+        fusion_steps: Mini-batch steps when the fusion layers train (replaces
+            ``steps``).
+        fusion_batch: Exams per mini-batch when the fusion layers train.
     """
 
     steps: int = 300
@@ -46,6 +55,10 @@ class AdaptOptions:
     weight_decay: float = 1e-2
     folds: int = 5
     seed: int = 0
+    train_fusion: bool = False
+    fusion_lr: float = 3e-4
+    fusion_steps: int = 150
+    fusion_batch: int = 16
 
 
 Predictor = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -161,6 +174,43 @@ def head_arm(
     return predict
 
 
+def fusion_arm(
+    model: M3FM, task: NewTask, data: LabelledExams, cache: Any, opts: AdaptOptions
+) -> Predictor:
+    """Prediction function of frozen encoders + fine-tuned fusion layers and head."""
+    encoded = encode_exams(model, task.spec, data.exams, cache)
+
+    def predict(train: np.ndarray, test: np.ndarray) -> np.ndarray:
+        fusion, head = fit_fusion(
+            model,
+            task.spec.name,
+            [encoded[i] for i in train],
+            data.labels[train],
+            opts,
+        )
+        return predict_fusion(fusion, head, [encoded[i] for i in test])
+
+    return predict
+
+
+def model_arm(
+    model: M3FM, task: NewTask, data: LabelledExams, cache: Any, opts: AdaptOptions
+) -> Predictor:
+    """``fusion_arm`` when ``opts.train_fusion``, else ``head_arm``."""
+    arm = fusion_arm if opts.train_fusion else head_arm
+    return arm(model, task, data, cache, opts)
+
+
+def arm_names(opts: AdaptOptions) -> tuple[str, str]:
+    """Names of the pretrained-trunk and random-trunk arms (they say what trained)."""
+    if opts.train_fusion:
+        return (
+            "adapted (pretrained trunk, fusion + head)",
+            "same fusion + head, random trunk",
+        )
+    return "adapted (pretrained trunk, frozen)", "same head, random trunk"
+
+
 def clinical_arm(data: LabelledExams, opts: AdaptOptions) -> Predictor:
     """Prediction function of a logistic regression on the clinical variables."""
     from sklearn.impute import SimpleImputer
@@ -195,11 +245,10 @@ def cross_validate(
     """The task's metric, cross-validated by patient, for the three arms."""
     folds = _folds(data, opts)
     adapted = with_new_head(loaded, task, opts.seed)
+    pretrained_name, random_name = arm_names(opts)
     arms = {
-        "adapted (pretrained trunk, frozen)": head_arm(
-            adapted, task, data, cache, opts
-        ),
-        "same head, random trunk": head_arm(
+        pretrained_name: model_arm(adapted, task, data, cache, opts),
+        random_name: model_arm(
             random_trunk(loaded, task, opts.seed), task, data, cache, opts
         ),
         "logistic regression, clinical": clinical_arm(data, opts),
@@ -221,8 +270,18 @@ def fit_final(
     cache: Any,
     opts: AdaptOptions,
 ) -> M3FM:
-    """The loaded model with the new head trained on every labelled exam."""
+    """The loaded model with the new head trained on every labelled exam.
+
+    With ``opts.train_fusion`` the returned model's ``task_attention`` is the fusion
+    layers fine-tuned with the head (every task's answers then go through them).
+    """
     model = with_new_head(loaded, task, opts.seed)
+    if opts.train_fusion:
+        encoded = encode_exams(model, task.spec, data.exams, cache)
+        fusion, head = fit_fusion(model, task.spec.name, encoded, data.labels, opts)
+        model.task_attention.load_state_dict(fusion.state_dict())
+        model.heads[task.spec.name].load_state_dict(head.state_dict())
+        return model.eval()
     feats = task_features(model, task.spec, data.exams, cache)
     fitted = fit_head(model.heads[task.spec.name], feats, data.labels, opts)
     model.heads[task.spec.name].load_state_dict(fitted.state_dict())

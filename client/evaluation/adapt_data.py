@@ -3,7 +3,9 @@
 Labels come from a site table keyed by the pseudonymous (patient, exam) IDs and are
 joined with the site's prepared manifest (crops and clinical records). With the trunk
 frozen, an exam's fused task-token embedding for the task's canonical question is fixed,
-so it is computed once per exam and the head trains on these features.
+so it is computed once per exam and the head trains on these features. When the fusion
+layers train too (``--train-fusion``), the encoders stay frozen: their outputs per exam
+(``encode_exams``) are computed once and the fusion layers run on them at every step.
 """
 
 from __future__ import annotations
@@ -102,31 +104,128 @@ def load_labelled_exams(
     return LabelledExams(exams, np.array(labels, dtype=int), patients)
 
 
-@torch.no_grad()
-def task_features(
+@dataclass
+class ExamInputs:
+    """One exam's model inputs for a task's first question (batch of one).
+
+    Attributes:
+        question_ids: (1, Lq) token ids of the question.
+        question_mask: (1, Lq) True = real question token.
+        text_ids: (1, L) clinical-text token ids, or None when the exam has no text.
+        text_mask: (1, L) True = real text token, or None.
+        ct: (1, Z, Y, X) CT crop of the task's region, or None.
+        spacing_mm: (1, 3) voxel spacing of the crop, or None.
+    """
+
+    question_ids: torch.Tensor
+    question_mask: torch.Tensor
+    text_ids: torch.Tensor | None = None
+    text_mask: torch.Tensor | None = None
+    ct: torch.Tensor | None = None
+    spacing_mm: torch.Tensor | None = None
+
+
+@dataclass
+class EncodedExam:
+    """The frozen encoders' outputs of one exam, as ``model.task_attention`` takes them.
+
+    Attributes:
+        question_state: (1, Dt) first-token state of the question (text encoder).
+        task_token: (1, D) the loaded model's task token of the question.
+        ct: (1, 1 + N, Di) CT tokens, or None when the exam has no CT.
+        text: (1, L, Dt) clinical-text states, or None when the exam has no text.
+        text_mask: (1, L) True = real text token, or None.
+    """
+
+    question_state: torch.Tensor
+    task_token: torch.Tensor
+    ct: torch.Tensor | None
+    text: torch.Tensor | None
+    text_mask: torch.Tensor | None
+
+
+def exam_inputs(
     model: M3FM, spec: TaskSpec, exams: Sequence[Mapping[str, Any]], cache: ExamCache
-) -> torch.Tensor:
-    """(N, D) fused task-token embeddings of the exams for the task's first question."""
+) -> list[ExamInputs]:
+    """Per exam: the task's first question, clinical text and CT crop (if cached).
+
+    Raises:
+        ValueError: an exam with neither a cached CT crop nor clinical text.
+    """
     tok = default_tokenizer()
     cfg = model.config
     q_ids, q_mask = tok.encode([spec.questions[0]], cfg.text.question_len)
     texts = [e.get("clinical_text") or None for e in exams]
     t_ids, t_mask = tok.encode(texts, cfg.text.clinical_len)
-    model.eval()
     out = []
     for i, exam in enumerate(exams):
-        kw: dict[str, torch.Tensor] = {"question_ids": q_ids, "question_mask": q_mask}
+        got = ExamInputs(q_ids, q_mask)
         if bool(t_mask[i].any()):
-            kw |= {"text_ids": t_ids[i : i + 1], "text_mask": t_mask[i : i + 1]}
+            got.text_ids, got.text_mask = t_ids[i : i + 1], t_mask[i : i + 1]
         entry = (exam.get("crops") or {}).get(spec.roi) if spec.uses_ct else None
         cached = cache.get(CacheKey(**entry["key"])) if entry else None
         if cached is not None:
-            ct = torch.from_numpy(np.array(cached.crop, dtype=np.float32))[None]
-            kw |= {"ct": ct, "spacing_mm": torch.tensor([entry["spacing_mm"]])}
-        if "ct" not in kw and "text_ids" not in kw:
+            got.ct = torch.from_numpy(np.array(cached.crop, dtype=np.float32))[None]
+            got.spacing_mm = torch.tensor([entry["spacing_mm"]])
+        if got.ct is None and got.text_ids is None:
             raise ValueError(f"exam {i} of the labelled set has neither CT nor text")
+        out.append(got)
+    return out
+
+
+@torch.no_grad()
+def task_features(
+    model: M3FM, spec: TaskSpec, exams: Sequence[Mapping[str, Any]], cache: ExamCache
+) -> torch.Tensor:
+    """(N, D) fused task-token embeddings of the exams for the task's first question."""
+    model.eval()
+    out = []
+    for x in exam_inputs(model, spec, exams, cache):
+        kw: dict[str, torch.Tensor] = {
+            "question_ids": x.question_ids,
+            "question_mask": x.question_mask,
+        }
+        if x.text_ids is not None and x.text_mask is not None:
+            kw |= {"text_ids": x.text_ids, "text_mask": x.text_mask}
+        if x.ct is not None and x.spacing_mm is not None:
+            kw |= {"ct": x.ct, "spacing_mm": x.spacing_mm}
         out.append(model.forward_features(**kw)[0])
     return torch.cat(out).float()
+
+
+@torch.no_grad()
+def encode_exams(
+    model: M3FM, spec: TaskSpec, exams: Sequence[Mapping[str, Any]], cache: ExamCache
+) -> list[EncodedExam]:
+    """The frozen encoders' outputs per exam (the inputs of ``model.task_attention``).
+
+    ``model.task_attention(e.task_token, e.ct, None, e.text, e.text_mask)`` gives the
+    same fused embedding as ``task_features``; fine-tuning the fusion layers reuses
+    these outputs instead of running the encoders at every step.
+    """
+    model.eval()
+    out: list[EncodedExam] = []
+    question_state: torch.Tensor | None = None
+    for x in exam_inputs(model, spec, exams, cache):
+        if question_state is None:  # one question for every exam
+            states = model.text_encoder(x.question_ids, x.question_mask)
+            question_state = states[:, 0]
+        text = None
+        if x.text_ids is not None and x.text_mask is not None:
+            text = model.text_encoder(x.text_ids, x.text_mask)
+        ct = None
+        if x.ct is not None and x.spacing_mm is not None:
+            ct = model.ct_encoder(x.ct, x.spacing_mm)
+        out.append(
+            EncodedExam(
+                question_state=question_state,
+                task_token=model.task_attention.task_token(question_state),
+                ct=ct,
+                text=text,
+                text_mask=x.text_mask if text is not None else None,
+            )
+        )
+    return out
 
 
 def clinical_matrix(exams: Sequence[Mapping[str, Any]]) -> np.ndarray:

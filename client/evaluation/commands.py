@@ -228,14 +228,36 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     data = load_labelled_exams(task, args.labels, load_manifest(cfg, loaded.preset))
     if args.limit:
         data = subsample(data, args.limit, args.seed)
-    opts = AdaptOptions(steps=args.steps, folds=args.folds, seed=args.seed)
+    opts = AdaptOptions(
+        steps=args.steps, folds=args.folds, seed=args.seed,
+        train_fusion=args.train_fusion, fusion_steps=args.fusion_steps,
+    )  # fmt: skip
+    if opts.train_fusion:
+        print(
+            f"training: the fusion layers (task_attention) and the {task.spec.name} "
+            f"head, {opts.fusion_steps} steps of {opts.fusion_batch} exams; "
+            "CT and text encoders frozen"
+        )
+    else:
+        print(
+            f"training: the {task.spec.name} head, {opts.steps} full-batch steps; "
+            "encoders and fusion layers frozen"
+        )
     cache = ExamCache(cfg.cache_dir / "crops")
     report = cross_validate(loaded, task, data, cache, opts)
     print(format_cv(task.spec.name, report))
     model = fit_final(loaded, task, data, cache, opts)
     out = _out_dir(args, cfg, f"adapt-{task.spec.name}")
-    for path in write_adapted(model, loaded, task, report, out):
+    written = write_adapted(
+        model, loaded, task, report, out, fusion_tuned=opts.train_fusion
+    )
+    for path in written:
         print(f"wrote {path}")
+    if opts.train_fusion:
+        print(
+            "note: model.pt holds the fine-tuned fusion layers; its answers to the "
+            "other tasks go through them too"
+        )
     return 0
 
 
@@ -257,6 +279,16 @@ def _add_adapt(sub: Any) -> None:
     )
     a.add_argument("--folds", type=int, default=5)
     a.add_argument("--steps", type=int, default=300, help="head training steps")
+    a.add_argument(
+        "--train-fusion", action="store_true",
+        help="fine-tune the fusion layers (task_attention) together with the head; "
+        "the encoders stay frozen. The saved model's answers to the other tasks then "
+        "go through the fine-tuned fusion layers",
+    )  # fmt: skip
+    a.add_argument(
+        "--fusion-steps", type=int, default=150,
+        help="mini-batch steps with --train-fusion (default: 150)",
+    )  # fmt: skip
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--out", help="output folder (default: <state-dir>/adapt-<task>)")
     a.set_defaults(func=_cmd_adapt)

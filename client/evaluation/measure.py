@@ -8,7 +8,8 @@ how often a patch drawn at random would (chance). Run as
 ``adapt_curve``: the adaptation's cross-validated AUC against both baselines for
 several numbers of labelled exams (each drawn several times), as in the README:
 ``python -m client.evaluation.measure adapt --model CKPT --site-config X.toml
---task T.toml --labels L.csv --sizes 20 50 100``.
+--task T.toml --labels L.csv --sizes 20 50 100`` (add ``--train-fusion`` to fine-tune
+the fusion layers with the head in both model arms).
 """
 
 from __future__ import annotations
@@ -87,8 +88,14 @@ def adapt_curve(
     labels: Path,
     sizes: list[int],
     repeats: int,
+    *,
+    train_fusion: bool = False,
+    fusion_steps: int = 150,
 ) -> list[dict[str, Any]]:
-    """Cross-validated AUC of the three arms per size and draw of labelled exams."""
+    """Cross-validated AUC of the three arms per size and draw of labelled exams.
+
+    With ``train_fusion`` the fusion layers train with the head in both model arms.
+    """
     from ..cache import ExamCache
     from ..site_config import load_site_config
     from ..site_dataset import load_manifest
@@ -104,7 +111,10 @@ def adapt_curve(
     for n in sizes:
         for draw in range(repeats):
             part = subsample(data, n, seed=draw)
-            report = cross_validate(loaded, task, part, cache, AdaptOptions(seed=draw))
+            opts = AdaptOptions(
+                seed=draw, train_fusion=train_fusion, fusion_steps=fusion_steps
+            )
+            report = cross_validate(loaded, task, part, cache, opts)
             rows.append(
                 {
                     "n": len(part.labels),
@@ -132,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--labels", required=True)
     a.add_argument("--sizes", type=int, nargs="+", default=[20, 50, 100])
     a.add_argument("--repeats", type=int, default=3)
+    a.add_argument(
+        "--train-fusion", action="store_true",
+        help="fine-tune the fusion layers with the head (both model arms)",
+    )  # fmt: skip
+    a.add_argument("--fusion-steps", type=int, default=150)
     a.add_argument("--preset")
     args = parser.parse_args(argv)
     import torch
@@ -144,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = adapt_curve(
         loaded, Path(args.site_config), Path(args.task), Path(args.labels),
         args.sizes, args.repeats,
+        train_fusion=args.train_fusion, fusion_steps=args.fusion_steps,
     )  # fmt: skip
     arms = [k for k in rows[0] if k not in ("n", "draw", "positives")]
     print(f"{'n':>5}" + "".join(f"{a[:30]:>32}" for a in arms))
