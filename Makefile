@@ -6,7 +6,7 @@ export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 export FLWR_TELEMETRY_ENABLED := 0
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: install demo test test-fast test-slow lint bench tools clean
+.PHONY: install demo test test-fast test-slow lint bench tools clean pretrain
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -21,6 +21,10 @@ tools:
 
 demo: install
 	$(PY) -m server.demo
+
+# Regenerates m3fm_model/assets/tiny-synthetic-encoders.pt (about 20 min on 2 cores).
+pretrain: install
+	$(PY) -m server.pretrain --data pretrain_data
 
 test-fast: install tools
 	$(PY) -m pytest -q -m "not slow"

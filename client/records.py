@@ -88,6 +88,7 @@ class Instruction:
     full_model: bool
     split: str = "val"
     transfer: str = "float32"  # arrays travel as float32, float16 or bfloat16 bits
+    init_weights: str = "none"  # m3fm_model.pretrained: the run's initial encoders
 
     def to_record(self) -> dict[str, Any]:
         """Kebab-case keys for a ConfigRecord."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from m3fm_model import M3FM, build_model
+from m3fm_model.pretrained import check_init, load_encoders
 
 from .site_config import SiteConfig, load_site_config
 
@@ -52,30 +53,38 @@ def cached_site(path: Path) -> SiteConfig:
     return load_site_config(path)
 
 
-_MODELS: dict[tuple[str, str, int], M3FM] = {}
+_MODELS: dict[tuple[str, str, int, str], M3FM] = {}
 
 
-def seeded_model(preset: str, seed: int) -> M3FM:
+def seeded_model(preset: str, seed: int, init_weights: str = "none") -> M3FM:
     """The run's initial model: ``build_model(preset)`` after seeding torch with ``seed``.
 
-    The server and every site build it the same way, so parameters that never travel
-    agree everywhere.
+    With ``init_weights`` naming packaged pretrained encoders
+    (``m3fm_model.pretrained``), those replace the encoders' random values. The server
+    and every site build it the same way, so parameters that never travel agree
+    everywhere.
     """
     torch.manual_seed(seed)
-    return build_model(preset)
+    model = build_model(preset)
+    if init_weights != "none":
+        check_init(init_weights, preset)
+        load_encoders(model, init_weights)
+    return model
 
 
-def global_model(run_key: str, preset: str, seed: int) -> M3FM:
+def global_model(
+    run_key: str, preset: str, seed: int, init_weights: str = "none"
+) -> M3FM:
     """This process's copy of the run's global model.
 
-    Built once per (run, preset, seed) with the run's seed, so the parameters outside the
-    trainable scope, which never change and never travel after round 1, equal the
-    server's initial values even for a site process that restarted.
+    Built once per (run, preset, seed, init weights) like the server's, so the
+    parameters outside the trainable scope, which never change and never travel after
+    round 1, equal the server's initial values even for a site process that restarted.
     """
-    key = (run_key, preset, seed)
+    key = (run_key, preset, seed, init_weights)
     if key not in _MODELS:
         _MODELS.clear()  # one run at a time per process: free the previous model
-        _MODELS[key] = seeded_model(preset, seed)
+        _MODELS[key] = seeded_model(preset, seed, init_weights)
     return _MODELS[key]
 
 

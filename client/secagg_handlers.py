@@ -61,7 +61,9 @@ def _request(
     context: Context, config: dict[str, Any], parameters: Any
 ) -> tuple[SiteRequest, list[str], list[str]]:
     instr = Instruction.from_record(config)
-    model = global_model(str(context.run_id), instr.preset, instr.seed)
+    model = global_model(
+        str(context.run_id), instr.preset, instr.seed, instr.init_weights
+    )
     travel = scope_names(model, instr.trainable_scope)
     names = list(model.state_dict()) if instr.full_model else travel
     arrays = parameters_to_ndarrays(parameters)

@@ -50,7 +50,7 @@ def site_for(req: SiteRequest) -> SiteConfig:
 
 
 def _model(req: SiteRequest, instr: Instruction):  # noqa: ANN202
-    model = global_model(req.run_id, instr.preset, instr.seed)
+    model = global_model(req.run_id, instr.preset, instr.seed, instr.init_weights)
     prepare_scope(model, instr.trainable_scope)  # LoRA adapters before their arrays
     load_arrays(model, req.arrays)
     return model

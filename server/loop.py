@@ -26,6 +26,7 @@ from client.records import (
 )
 from client.runtime import seeded_model
 from client.scope import scope_names
+from m3fm_model.pretrained import asset_info
 
 from .aggregation import TaskAwareAggregator
 from .central_dp import CentralDp, make_central_dp
@@ -84,7 +85,7 @@ class FederatedLoop:
         self.grid, self.cfg = grid, cfg
         self.run_dir = cfg.run_dir
         self.ckpt = RunCheckpointer(self.run_dir)
-        self.model = seeded_model(cfg.preset, cfg.seed)
+        self.model = seeded_model(cfg.preset, cfg.seed, cfg.init_weights)
         self.travel = scope_names(self.model, cfg.trainable_scope)
         self.tasks = self.model.tasks
         self.aggregator = TaskAwareAggregator(
@@ -141,6 +142,7 @@ class FederatedLoop:
         return Instruction(
             rnd, c.num_server_rounds, c.preset, c.trainable_scope, c.lr, c.local_steps,
             c.batch_size, c.seed, mu, c.modality_dropout, full, split, c.transfer_precision,
+            c.init_weights,
         )  # fmt: skip
 
     def _messages(
@@ -303,6 +305,7 @@ class FederatedLoop:
             "rounds": ls.round,
             "sites": ls.history.sites(),
             "trainable-scope": self.cfg.trainable_scope,
+            "initial-encoders": _initial_encoders(self.cfg.init_weights),
             "aggregation": self.cfg.aggregation,
             "privacy": _privacy_by_site(ls.history),
             "central-dp-epsilon": (
@@ -315,6 +318,13 @@ class FederatedLoop:
         }
         export_final(self.run_dir, ls.state, card)
         logger.info("final summary\n%s", summary_table(ls.history))
+
+
+def _initial_encoders(name: str) -> dict[str, str] | None:
+    """Which packaged encoders the run started from (None: random initialisation)."""
+    if name == "none":
+        return None
+    return {"name": name, "sha256": asset_info(name)["sha256"]}
 
 
 def _privacy_by_site(history: MetricsHistory) -> dict[str, dict[str, float]]:

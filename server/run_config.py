@@ -12,6 +12,7 @@ from typing import Any
 
 from client.scope import SCOPES, check_scope, lora_scope_rank
 from m3fm_model.config import PRESETS
+from m3fm_model.pretrained import INIT_CHOICES
 
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "median", "trimmed-mean")
 
@@ -43,6 +44,7 @@ class RunConfig:
     transfer_precision: str = "float32"
     modality_dropout: float = 0.2
     seed: int = 0
+    init_weights: str = "none"
     output_dir: str = "runs"
     run_name: str = "demo"
     resume: bool = False
@@ -57,6 +59,12 @@ class RunConfig:
                 _valid_scope(self.trainable_scope),
                 "trainable-scope",
                 f"one of {[*sorted(SCOPES), 'lora']}",
+            ),
+            (
+                self.init_weights in INIT_CHOICES
+                and (self.init_weights == "none" or self.preset == "tiny"),
+                "init-weights",
+                f"one of {INIT_CHOICES} ('tiny-synthetic' needs preset tiny)",
             ),
             (self.lora_rank >= 1, "lora-rank", "at least 1"),
             (self.aggregation in AGGREGATIONS, "aggregation", f"one of {AGGREGATIONS}"),

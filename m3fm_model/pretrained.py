@@ -1,0 +1,126 @@
+"""Packaged pretrained encoder weights and the run-config ``init-weights`` choice.
+
+``init-weights = "none"`` starts from the seeded random initialisation;
+``"tiny-synthetic"`` loads the tiny preset's CT and clinical-text encoders pretrained on
+a generated cohort (``server/pretrain.py`` writes them; its JSON beside the weights says
+how). The weights are ``torch.save`` bytes, base64 inside a JSON file: Flower builds
+the app bundle it ships to the SuperLink from text files only (.py, .toml, .json, ...),
+and the ServerApp and ClientApps import this package from that bundle. Only the encoders are loaded: the fusion layers and heads keep the run's seeded
+initialisation and are learned from the sites' data.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
+ENCODER_PREFIXES = ("ct_encoder.", "text_encoder.")
+# name -> file in ASSET_DIR
+PRETRAINED = {"tiny-synthetic": "tiny-synthetic-encoders.json"}
+_PRESET = {"tiny-synthetic": "tiny"}
+INIT_CHOICES = ("none", *PRETRAINED)
+
+
+class PretrainedWeightsError(ValueError):
+    """An init-weights choice that does not exist or does not fit the model."""
+
+
+def check_init(name: str, preset: str) -> str:
+    """Validate an ``init-weights`` value for a preset; returns it.
+
+    Raises:
+        PretrainedWeightsError: Unknown name, or weights of another preset.
+    """
+    if name not in INIT_CHOICES:
+        raise PretrainedWeightsError(
+            f"run-config init-weights = {name!r} is unknown; use one of {INIT_CHOICES}"
+        )
+    if name != "none" and _PRESET[name] != preset:
+        raise PretrainedWeightsError(
+            f"init-weights {name!r} holds {_PRESET[name]!r} encoders but the run's "
+            f'preset is {preset!r}; set init-weights = "none" or preset = '
+            f"{_PRESET[name]!r}"
+        )
+    return name
+
+
+def asset_info(name: str) -> dict:
+    """The description stored with the weights (how they were trained), no weights."""
+    raw = json.loads((ASSET_DIR / PRETRAINED[name]).read_text(encoding="utf-8"))
+    return {k: v for k, v in raw.items() if k != "weights"}
+
+
+def write_asset(name: str, state: dict[str, torch.Tensor], info: dict) -> Path:
+    """Write an asset: ``info`` plus the state's bytes (base64) and their SHA-256."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    raw = buf.getvalue()
+    doc = {
+        **info,
+        "format": "torch.save bytes, base64",
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "weights": base64.b64encode(raw).decode("ascii"),
+    }
+    path = ASSET_DIR / PRETRAINED[name]
+    path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def read_asset(name: str) -> dict[str, torch.Tensor]:
+    """The asset's state dict after checking its SHA-256.
+
+    Raises:
+        PretrainedWeightsError: Missing, unreadable or altered file.
+    """
+    path = ASSET_DIR / PRETRAINED[name]
+    fix = "reinstall the package or rerun `make pretrain`"
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        raw = base64.b64decode(doc["weights"], validate=True)
+    except FileNotFoundError:
+        raise PretrainedWeightsError(f"{path} is missing; {fix}") from None
+    except (ValueError, KeyError, TypeError) as err:
+        raise PretrainedWeightsError(
+            f"{path}: field 'weights' is not base64 torch bytes ({type(err).__name__}); {fix}"
+        ) from None
+    if hashlib.sha256(raw).hexdigest() != doc.get("sha256"):
+        raise PretrainedWeightsError(
+            f"{path}: the weights do not match field 'sha256'; {fix}"
+        )
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+
+def load_encoders(model: nn.Module, name: str) -> nn.Module:
+    """Copy the named pretrained encoders into ``model`` (in place; returns it).
+
+    The weights must match the SHA-256 stored with them, so every site and the server
+    start from the same bytes.
+
+    Raises:
+        PretrainedWeightsError: Missing or altered file, or keys/shapes that do not
+            match the model.
+    """
+    if name == "none":
+        return model
+    state = read_asset(name)
+    path = ASSET_DIR / PRETRAINED[name]
+    own = model.state_dict()
+    wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape] + [
+        k for k in own if k.startswith(ENCODER_PREFIXES) and k not in state
+    ]
+    if wrong:
+        raise PretrainedWeightsError(
+            f"{path} does not fit this model (first mismatching keys: {wrong[:3]}); "
+            "build the preset it was trained for"
+        )
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value)
+    return model

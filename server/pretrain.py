@@ -1,0 +1,168 @@
+"""Pretrain the tiny preset's encoders on a generated cohort and ship them as an asset.
+
+The tiny preset is a CPU stand-in for M3FM; the real model starts federated training
+from the authors' pretrained checkpoint (``m3fm_model.convert_weights``). To give the
+tiny preset the same footing, this script generates its own cohort (the three demo
+profiles with seeds no demo, test or bench hospital uses, no injected faults), trains
+the whole model on the pooled exams, and saves only the two encoders (CT ViT and
+clinical-text transformer) as ``m3fm_model/assets/tiny-synthetic-encoders.json``. The
+fusion layers and heads are not kept: every run starting from the asset
+(run-config ``init-weights = "tiny-synthetic"``) learns them from its sites' data.
+
+The held-out finding of ``client.synth.heldout`` is never a pretraining target, so
+few-shot adaptation to it stays a new task.
+
+Usage::
+
+    python -m server.pretrain --data pretrain_data --steps 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import torch
+
+from client.cache import ExamCache
+from client.metrics import flatten_for_reply, task_metrics
+from client.prepare import manifest_path, prepare_site
+from client.runtime import seeded_model
+from client.site_config import SiteConfig, load_site_config
+from client.site_dataset import SiteDataset, default_tokenizer, load_manifest
+from client.synth import synthesize_site
+from client.train import TrainConfig, predict_split, train_one_round
+from m3fm_model import M3FM
+from m3fm_model.config import preset_config
+from m3fm_model.pretrained import ENCODER_PREFIXES, write_asset
+
+from .comparison import PooledCache, primary_metric
+
+log = logging.getLogger(__name__)
+
+# (profile, seed): seeds far from the demo hospitals' (1-3) and the tests' (< 100).
+COHORT = (("hospital_a", 7001), ("hospital_b", 7002), ("hospital_c", 7003))
+
+
+def _one_site(profile: str, seed: int, patients: int, folder: Path) -> Path:
+    config = folder / "site.toml"
+    if not config.exists():
+        synthesize_site(profile, folder, patients=patients, seed=seed, faults=False)
+    cfg = load_site_config(config)
+    if not manifest_path(cfg, "tiny").exists():
+        prepare_site(cfg, preset="tiny")
+    return config
+
+
+def generate_cohort(
+    out_dir: Path, patients_per_site: int, workers: int = 2
+) -> list[SiteConfig]:
+    """Generate and prepare the pretraining sites (skips those already prepared)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        jobs = [
+            pool.submit(_one_site, p, s, patients_per_site, out_dir / f"{p}-{s}")
+            for p, s in COHORT
+        ]
+        return [load_site_config(j.result()) for j in jobs]
+
+
+def pooled(sites: Sequence[SiteConfig], splits: set[str], **options) -> SiteDataset:
+    """The sites' exams of ``splits`` as one dataset over every task they label."""
+    exams = [e for s in sites for e in load_manifest(s, "tiny") if e["split"] in splits]
+    return SiteDataset(
+        exams, cache=PooledCache([ExamCache(s.cache_dir / "crops") for s in sites]),
+        model_config=preset_config("tiny"), tasks=sorted({t for s in sites for t in s.tasks}),
+        tokenizer=default_tokenizer(), **options,
+    )  # fmt: skip
+
+
+def headline(model: M3FM, data: SiteDataset) -> dict[str, float]:
+    """Each task's headline metric (AUC, C-index or accuracy) on ``data``."""
+    out = {}
+    for task, pred in predict_split(model, data, "cpu").items():
+        got = primary_metric(task, flatten_for_reply({task: task_metrics(task, *pred)}))
+        if got is not None:
+            out[task] = round(got[1], 3)
+    return out
+
+
+def pretrain(
+    sites: Sequence[SiteConfig], *, steps: int, batch_size: int, lr: float,
+    threads: int, seed: int, chunk: int = 250,
+) -> tuple[M3FM, dict]:  # fmt: skip
+    """Train the whole tiny model on the sites' train and test exams, no DP.
+
+    The val exams are held out and scored every ``chunk`` steps (printed), so the
+    asset's description records what the encoders learned.
+    """
+    torch.manual_seed(seed)
+    model = seeded_model("tiny", seed)
+    train = pooled(sites, {"train", "test"}, modality_dropout=0.2, seed=seed)
+    val = pooled(sites, {"val"}, augment=False, auxiliary=False)
+    cfg = TrainConfig(
+        scope="all", lr=lr, local_steps=chunk, batch_size=batch_size, seed=seed,
+        modality_dropout=0.2, dp=False, device="cpu", threads=threads,
+    )  # fmt: skip
+    history, done = [], 0
+    while done < steps:
+        res = train_one_round(
+            model, train, cfg, None, run_id="pretrain", server_round=done // chunk + 1
+        )
+        done += chunk
+        scores = headline(model, val)
+        history.append(
+            {"step": done, "loss": res.metrics.get("train-loss"), "val": scores}
+        )
+        print(
+            f"step {done}: loss {history[-1]['loss']:.3f} val {scores}",
+            flush=True,
+        )
+    meta = {
+        "preset": "tiny", "steps": done, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "train_exams": len(train), "val_exams": len(val), "tasks": train.tasks,
+        "history": history,
+    }  # fmt: skip
+    return model, meta
+
+
+def encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The encoders' parameters and buffers (what the asset holds)."""
+    return {
+        k: v.detach().clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(ENCODER_PREFIXES)
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Generate the cohort, pretrain, write the asset."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("pretrain_data"))
+    p.add_argument("--patients", type=int, default=250, help="per generated site")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    start = time.monotonic()
+    sites = generate_cohort(args.data, args.patients)
+    print(f"cohort ready in {time.monotonic() - start:.0f} s", flush=True)
+    model, meta = pretrain(
+        sites, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        threads=args.threads, seed=args.seed,
+    )  # fmt: skip
+    meta |= {"patients_per_site": args.patients, "cohort": [list(c) for c in COHORT]}
+    path = write_asset("tiny-synthetic", encoder_state(model), meta)
+    print(f"wrote {path} in {time.monotonic() - start:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
