@@ -2,9 +2,10 @@
 
 Rows:
 
-- ``reply_serialise_gb_per_s``: a site's reply, ``ArrayRecord(encode_state(...))``
-  (bfloat16 bits as int16, as sent under half-precision transfer), in GB/s of model
-  bytes; ``vs_memcpy`` is its time over a ``Tensor.copy_`` of the same bytes, interleaved
+- ``reply_serialise_gb_per_s``: a site's reply, ``wire_record`` (bfloat16 bits as
+  int16, as sent under half-precision transfer, ``.npy`` bytes written straight into
+  one buffer), in GB/s of model bytes; ``ms.serialise_np_save`` is the same record
+  through Flower's ``Array(ndarray)`` (``np.save``); ``vs_memcpy`` is its time over a ``Tensor.copy_`` of the same bytes, interleaved
   in the same process. Target >= 1.5 GB/s (performance-notes §7).
 - ``reply_deserialise_gb_per_s``: the server's side, ``record_arrays`` + ``decode_state``
   (zero-copy views of the received ``.npy`` bytes). Target >= 1.5 GB/s.
@@ -42,6 +43,7 @@ from server.transfer import (  # noqa: E402
     dtype_tag,
     encode_state,
     record_arrays,
+    wire_record,
 )
 
 logger = logging.getLogger("bench_transfer")
@@ -62,6 +64,11 @@ def _state(num_layers: int) -> dict[str, torch.Tensor]:
 
 def _record(state: dict[str, torch.Tensor]) -> ArrayRecord:
     """A reply as sent under half-precision transfer: bfloat16 bits, one Array each."""
+    return wire_record(state, "bfloat16")
+
+
+def _record_np_save(state: dict[str, torch.Tensor]) -> ArrayRecord:
+    """The same record through Flower's ``Array(ndarray)`` (``np.save``): the anchor."""
     return ArrayRecord(
         {n: Array(a) for n, a in encode_state(state, "bfloat16").items()}
     )
@@ -86,6 +93,7 @@ def bench_serialise(num_layers: int, repeats: int) -> list[dict]:
         {
             "memcpy": lambda: dst.copy_(flat),
             "serialise": lambda: _record(state),
+            "serialise_np_save": lambda: _record_np_save(state),
             "deserialise": lambda: decode_state(record_arrays(record), tags),
             "flower_wire": lambda: _wire(state),
         },
