@@ -112,9 +112,8 @@ def load_encoders(model: nn.Module, name: str) -> nn.Module:
     state = read_asset(name)
     path = ASSET_DIR / PRETRAINED[name]
     own = model.state_dict()
-    wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape] + [
-        k for k in own if k.startswith(ENCODER_PREFIXES) and k not in state
-    ]
+    wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    wrong += [k for k in own if k.startswith(ENCODER_PREFIXES) and k not in state]
     if wrong:
         raise PretrainedWeightsError(
             f"{path} does not fit this model (first mismatching keys: {wrong[:3]}); "

@@ -83,12 +83,15 @@ class ArmPlan:
     lr: float
     seed: int
     modality_dropout: float
+    init_weights: str = "none"
 
 
 def _fresh_model(plan: ArmPlan) -> M3FM:
     # LoRA scopes need their adapters before the first state snapshot
     return prepare_scope(
-        seeded_model(plan.preset, plan.seed), plan.scope, seed=plan.seed
+        seeded_model(plan.preset, plan.seed, plan.init_weights),
+        plan.scope,
+        seed=plan.seed,
     )
 
 

@@ -159,6 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads, seed=args.seed,
     )  # fmt: skip
     meta |= {"patients_per_site": args.patients, "cohort": [list(c) for c in COHORT]}
+    torch.save(model.state_dict(), args.data / "pretrained-full.pt")  # heads too
     path = write_asset("tiny-synthetic", encoder_state(model), meta)
     print(f"wrote {path} in {time.monotonic() - start:.0f} s", flush=True)
     return 0
