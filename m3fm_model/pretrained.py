@@ -2,11 +2,14 @@
 
 ``init-weights = "none"`` starts from the seeded random initialisation;
 ``"tiny-synthetic"`` loads the tiny preset's CT and clinical-text encoders pretrained on
-a generated cohort (``server/pretrain.py`` writes them; its JSON beside the weights says
-how). The weights are ``torch.save`` bytes, base64 inside a JSON file: Flower builds
-the app bundle it ships to the SuperLink from text files only (.py, .toml, .json, ...),
-and the ServerApp and ClientApps import this package from that bundle. Only the encoders are loaded: the fusion layers and heads keep the run's seeded
-initialisation and are learned from the sites' data.
+a generated cohort of their own (``make pretrain`` / ``server/pretrain.py`` writes
+them; the description stored with the weights says how). Only the encoders are loaded:
+the fusion layers and heads keep the run's seeded initialisation and are learned from
+the sites' data.
+
+The weights are ``torch.save`` bytes, base64 inside a JSON file: Flower builds the app
+bundle it ships to the SuperLink from text files only (.py, .toml, .json, ...), and the
+ServerApp and ClientApps import this package from that bundle.
 """
 
 from __future__ import annotations

@@ -1,0 +1,20 @@
+"""make demo's check of generated hospitals: out-of-date ones are generated again."""
+
+import json
+
+from client.synth import synthesize_site
+from client.synth.site import GENERATOR_VERSION
+from server.demo import _current
+
+
+def test_current_site_is_kept_and_stale_ones_are_not(tmp_path):
+    folder = tmp_path / "hospital_c"
+    synthesize_site("hospital_c", folder, patients=4, seed=3)
+    assert _current(folder, 4, 3)
+    assert not _current(folder, 5, 3)  # the profile's cohort size changed
+    assert not _current(folder, 4, 4)  # another seed
+    truth = json.loads((folder / "truth.json").read_text())
+    truth["generator_version"] = GENERATOR_VERSION - 1
+    (folder / "truth.json").write_text(json.dumps(truth))
+    assert not _current(folder, 4, 3)  # written by an older generator
+    assert not _current(tmp_path / "missing", 4, 3)
