@@ -1,9 +1,15 @@
-"""Informative data elements: attention rollout from the task token.
+"""Informative data elements: attention rollout from the task token, CT gradients.
 
 Relevance is propagated through the task-attention blocks with
 R <- R + mean_heads(clamp(A, 0)) @ R, starting from the identity; the task-token row of R
 scores every CT token (reshaped into the 3-D patch grid) and every clinical-text token
 (summed per clinical data type when the paragraph's field spans are known).
+
+Rollout stops at the fusion layers: a CT token has already mixed the whole crop in the
+CT encoder's self-attention, so its position need not be where the evidence lies.
+``ct_method="gradient"`` scores each CT patch instead by |gradient x input| of the
+answer's score (``answer_score``) summed over the patch's voxels, through the whole
+model.
 """
 
 from __future__ import annotations
@@ -26,12 +32,15 @@ class Explanation:
         ct_grid: (S', R', C') relevance per CT patch, or None without CT.
         text_tokens: (L,) relevance per clinical-text token (padding gets 0), or None.
         fields: clinical data type -> summed relevance of its sentence's tokens.
+        ct_share: the CT tokens' share of the rollout relevance given to CT and text
+            (None without CT).
     """
 
     task: str
     ct_grid: torch.Tensor | None
     text_tokens: torch.Tensor | None
     fields: dict[str, float] = field(default_factory=dict)
+    ct_share: float | None = None
 
     def ct_volume(self, crop: Sequence[int]) -> torch.Tensor:
         """The patch relevance upsampled (trilinear) to a crop size (S, H, W)."""
@@ -89,6 +98,38 @@ def field_relevance(
     return out
 
 
+def answer_score(model: M3FM, task: str, logits: torch.Tensor) -> torch.Tensor:
+    """(B,) score of the model's own answer, whose gradient says what raised it.
+
+    6-year risk (hazard head): the summed cumulative logits; a 3-digit number (30
+    outputs): the summed log-probabilities of the predicted digits; classification:
+    the log-probability of the predicted class.
+    """
+    if model.heads[task].hazard is not None:
+        return logits.sum(-1)
+    if logits.shape[1] == 30:
+        logp = logits.view(logits.shape[0], 3, 10).log_softmax(-1)
+        return logp.max(-1).values.sum(-1)
+    return logits.log_softmax(-1).max(-1).values
+
+
+def ct_gradient_relevance(
+    model: M3FM, task: str, **inputs: torch.Tensor
+) -> torch.Tensor:
+    """(B, S', R', C') |gradient x input| of ``answer_score`` summed per CT patch."""
+    ct = inputs["ct"].detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        out = model(**{**inputs, "ct": ct}, tasks=[task])
+        (grad,) = torch.autograd.grad(
+            answer_score(model, task, out.logits[task]).sum(), ct
+        )
+    voxels = (grad * ct).abs().sum(1)  # (B, S, H, W)
+    scale = model.ct_encoder.scale_for(tuple(ct.shape[2:]))
+    (g0, g1, g2), (p0, p1, p2) = scale.grid, scale.patch
+    b = voxels.shape[0]
+    return voxels.reshape(b, g0, p0, g1, p1, g2, p2).sum((2, 4, 6)).detach()
+
+
 @torch.no_grad()
 def explain(
     model: M3FM,
@@ -96,6 +137,7 @@ def explain(
     *,
     token_offsets: Sequence[Sequence[tuple[int, int]]] | None = None,
     field_spans: Sequence[Sequence[tuple[str, int, int]]] | None = None,
+    ct_method: str = "rollout",
     **inputs: torch.Tensor,
 ) -> tuple[list[Explanation], dict[str, torch.Tensor]]:
     """Explain the model's answers for a batch.
@@ -105,14 +147,22 @@ def explain(
         task: task head to evaluate.
         token_offsets: per sample, character offsets of the clinical-text tokens.
         field_spans: per sample, the (field, start, end) spans of the clinical paragraph.
+        ct_method: "rollout" or "gradient" (see the module docstring) for ``ct_grid``.
         **inputs: model inputs as for ``M3FM.forward`` (question, ct, text, ...).
 
     Returns:
         One Explanation per sample and the logits of the task.
     """
+    if ct_method not in ("rollout", "gradient"):
+        raise ValueError(
+            f"ct_method must be 'rollout' or 'gradient', not {ct_method!r}"
+        )
     was_training = model.training
     model.eval()
     out = model(**inputs, tasks=[task], need_weights=True)
+    gradient = None
+    if ct_method == "gradient" and inputs.get("ct") is not None:
+        gradient = ct_gradient_relevance(model, task, **inputs)
     model.train(was_training)
     rel = attention_rollout(out.attentions)[:, 0]  # (B, N): the task-token row
     lay = out.layout
@@ -120,17 +170,24 @@ def explain(
     results = []
     ct = inputs.get("ct")
     for i in range(rel.shape[0]):
-        grid = None
+        grid, ct_total = None, 0.0
         if lay.num_image:
             assert ct is not None
             scale = model.ct_encoder.scale_for(tuple(ct.shape[2:]))
             patches = rel[i, lay.image_start + 1 : lay.image_start + lay.num_image]
             grid = patches.reshape(scale.grid)
+            ct_total = float(grid.sum())
+            if gradient is not None:
+                grid = gradient[i]
         tokens, fields = None, {}
         if lay.num_text:
             tokens = rel[i, lay.text_start : lay.text_start + lay.num_text].clone()
             tokens[~inputs["text_mask"][i].bool()] = 0
             if token_offsets is not None and field_spans is not None:
                 fields = field_relevance(tokens, token_offsets[i], field_spans[i])
-        results.append(Explanation(task, grid, tokens, fields))
+        share = None
+        if grid is not None:
+            text_total = float(tokens.sum()) if tokens is not None else 0.0
+            share = ct_total / (ct_total + text_total) if ct_total + text_total else 0.0
+        results.append(Explanation(task, grid, tokens, fields, share))
     return results, out.logits

@@ -173,7 +173,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from .explain_cmd import explain_exam, format_fields, write_explanation
 
     cfg, loaded, inputs = _load_exam_and_model(args)
-    result = explain_exam(loaded, inputs, args.question)
+    result = explain_exam(loaded, inputs, args.question, args.ct_method)
     print(f"[{result.record['task']}] {result.record['answer']['text']}")
     if result.ct_share is not None:
         print(f"CT share of the relevance: {100 * result.ct_share:.1f}%")
@@ -192,6 +192,13 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 def _add_explain(sub: Any) -> None:
     p = sub.add_parser("explain", help="which data elements drove an answer (one exam)")
     _exam_args(p)
+    p.add_argument(
+        "--ct-method",
+        choices=("gradient", "rollout"),
+        default="gradient",
+        help="CT relevance: |gradient x input| through the whole model (default) or "
+        "attention rollout over the fusion layers",
+    )
     p.set_defaults(func=_cmd_explain)
 
 

@@ -53,7 +53,7 @@ class ExplainResult:
 
 @torch.no_grad()
 def explain_exam(
-    loaded: LoadedModel, inputs: ExamInputs, question: str
+    loaded: LoadedModel, inputs: ExamInputs, question: str, ct_method: str = "gradient"
 ) -> ExplainResult:
     """Answer the question and explain the answer (see the module docstring)."""
     _, record = predict_exam(loaded, inputs, question)
@@ -74,18 +74,20 @@ def explain_exam(
         offsets, spans = [token_offsets], [inputs.spans]
     if exam.ct is not None:
         kw |= {"ct": exam.ct[None], "spacing_mm": torch.tensor([exam.spacing_mm])}
-    found, _ = explain(model, spec.name, token_offsets=offsets, field_spans=spans, **kw)
+    found, _ = explain(
+        model, spec.name, token_offsets=offsets, field_spans=spans,
+        ct_method=ct_method, **kw,
+    )  # fmt: skip
     expl = found[0]
     result = ExplainResult(record)
     result.fields = sorted(expl.fields.items(), key=lambda kv: kv[1], reverse=True)
-    text_total = float(expl.text_tokens.sum()) if expl.text_tokens is not None else 0.0
     if expl.ct_grid is not None and exam.ct is not None:
         crop = tuple(exam.ct.shape[1:])
         result.ct_map = expl.ct_volume(crop).numpy()
         result.ct_crop = exam.ct[0].numpy()
         result.spacing_mm = exam.spacing_mm
-        ct_total = float(expl.ct_grid.sum())
-        result.ct_share = ct_total / (ct_total + text_total)
+        result.ct_share = expl.ct_share
+        result.record["ct_method"] = ct_method
         grid_peak = np.unravel_index(int(expl.ct_grid.argmax()), expl.ct_grid.shape)
         patch = [c // g for c, g in zip(crop, expl.ct_grid.shape, strict=True)]
         result.peak = tuple(

@@ -46,7 +46,11 @@ def _ball_patches(
 
 
 def nodule_overlap(
-    loaded: LoadedModel, site_dir: Path, *, min_diameter_mm: float = 4.0
+    loaded: LoadedModel,
+    site_dir: Path,
+    *,
+    min_diameter_mm: float = 4.0,
+    ct_method: str = "gradient",
 ) -> dict[str, Any]:
     """Top-patch overlap with the nodule over a generated site's nodule exams.
 
@@ -54,6 +58,7 @@ def nodule_overlap(
         loaded: The model.
         site_dir: A folder written by ``client.synth.synthesize_site``.
         min_diameter_mm: Smallest nodule counted (the task's threshold).
+        ct_method: CT relevance method of ``explain`` ("gradient" or "rollout").
 
     Returns:
         exams, hits, rate, chance (mean share of patches the nodule touches).
@@ -67,7 +72,7 @@ def nodule_overlap(
         folder = site_dir / exam["series"][0]["folder"]
         inputs = ExamInputs()
         inputs.crops, inputs.geometry = load_ct_crops(folder, loaded.preset)
-        result = explain_exam(loaded, inputs, NODULE_QUESTION)
+        result = explain_exam(loaded, inputs, NODULE_QUESTION, ct_method)
         grid = loaded.model.ct_encoder.scale_for(inputs.geometry["lung"].crop_size).grid
         touched = _ball_patches(inputs, nodules[0], grid)
         hits.append(tuple(result.record["ct_peak_patch"]) in touched)
@@ -135,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", required=True)
     e.add_argument("--site", required=True, help="generated site folder")
     e.add_argument("--preset")
+    e.add_argument("--ct-method", choices=("gradient", "rollout"), default="gradient")
     a = sub.add_parser("adapt", help="adaptation AUC vs baselines by labelled-set size")
     a.add_argument("--model", required=True)
     a.add_argument("--site-config", required=True)
@@ -154,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     loaded = load_model(args.model, preset=args.preset)
     if args.what == "explain":
-        print(json.dumps(nodule_overlap(loaded, Path(args.site)), indent=1))
+        found = nodule_overlap(loaded, Path(args.site), ct_method=args.ct_method)
+        print(json.dumps(found | {"ct_method": args.ct_method}, indent=1))
         return 0
     rows = adapt_curve(
         loaded, Path(args.site_config), Path(args.task), Path(args.labels),

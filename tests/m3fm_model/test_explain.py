@@ -57,3 +57,34 @@ def test_explain_without_ct_has_no_grid():
     assert exps[0].ct_grid is None
     with pytest.raises(ValueError, match="no CT"):
         exps[0].ct_volume((32, 48, 48))
+
+
+@pytest.mark.parametrize("task", ["cancer_risk", "emphysema"])
+def test_gradient_relevance_lives_where_the_ct_has_signal(task):
+    torch.manual_seed(0)
+    model = build_model("tiny", tasks=("cancer_risk", "emphysema"))
+    kw = tiny_batch(model, 2)
+    ct = torch.zeros_like(kw["ct"])
+    ct[0, :, 8:16, 16:24, 24:32] = kw["ct"][0, :, 8:16, 16:24, 24:32]  # one patch
+    kw["ct"] = ct
+    rollout, _ = explain(model, task, **kw)
+    found, logits = explain(model, task, ct_method="gradient", **kw)
+    grid = found[0].ct_grid
+    assert grid.shape == model.config.ct.scales[0].grid
+    assert (grid >= 0).all()
+    # gradient x input: only the patch holding signal can be relevant
+    assert tuple(int(i) for i in (grid == grid.max()).nonzero()[0]) == (1, 2, 3)
+    assert grid.sum() == grid[1, 2, 3] > 0
+    assert found[1].ct_grid.sum() == 0  # an all-zero crop has no relevance
+    # the text side and the CT share come from the rollout either way
+    assert found[0].ct_share == pytest.approx(rollout[0].ct_share)
+    torch.testing.assert_close(found[0].text_tokens, rollout[0].text_tokens)
+    with torch.no_grad():
+        plain = model.eval()(**kw, tasks=[task]).logits[task]
+    torch.testing.assert_close(plain, logits[task], atol=1e-5, rtol=1e-5)
+
+
+def test_unknown_ct_method_is_refused():
+    model = build_model("tiny", tasks=("cancer_risk",))
+    with pytest.raises(ValueError, match="ct_method"):
+        explain(model, "cancer_risk", ct_method="saliency", **tiny_batch(model, 1))
