@@ -193,8 +193,11 @@ def test_tls_auth_consortium_dp_and_secagg(tmp_path):
         trained = {s for r in metrics["rounds"] for s in r["train"] if r["train"][s].get("status") == 0}  # fmt: skip
         assert trained == {"hospital_a", "hospital_b", "hospital_c"}
         final = torch.load(run_dir / "final_model.pt", weights_only=True)
-        start = seeded_model("tiny", 0).state_dict()
-        assert any(not torch.equal(final[k], start[k]) for k in final)
+        start = seeded_model("tiny", 0, "tiny-synthetic").state_dict()  # app default
+        changed = [k for k in final if not torch.equal(final[k], start[k])]
+        assert changed and all(
+            k.startswith(("task_attention.", "heads.")) for k in changed
+        )
         # every receipt matches the digest the site logged when it sent the reply
         receipts = {}
         for line in (run_dir / "receipts.jsonl").read_text().splitlines():
