@@ -326,7 +326,8 @@ def test_hadolint_when_installed() -> None:
 def test_dockerignore_keeps_secrets_data_and_outputs_out_of_the_context() -> None:
     entries = set((ROOT / ".dockerignore").read_text(encoding="utf-8").split())
     for needed in (
-        ".git", ".venv", "runs", "demo_data", "kits", "tests", "**/__pycache__",
+        ".git", ".venv", "runs", "demo_data", "pretrain_data", "kits", "tests",
+        "**/__pycache__",
         ".pytest_cache", ".ruff_cache", "**/*.pem",
     ):  # fmt: skip
         assert needed in entries, needed
