@@ -5,8 +5,8 @@ Rows:
 - ``reply_serialise_gb_per_s``: a site's reply, ``wire_record`` (bfloat16 bits as
   int16, as sent under half-precision transfer, ``.npy`` bytes written straight into
   one buffer), in GB/s of model bytes; ``ms.serialise_np_save`` is the same record
-  through Flower's ``Array(ndarray)`` (``np.save``); ``vs_memcpy`` is its time over a ``Tensor.copy_`` of the same bytes, interleaved
-  in the same process. Target >= 1.5 GB/s (performance-notes §7).
+  through Flower's ``Array(ndarray)`` (``np.save``); ``vs_memcpy`` is its time over a
+  ``Tensor.copy_`` of the same bytes, interleaved in the same process. Target >= 1.5 GB/s (performance-notes §7).
 - ``reply_deserialise_gb_per_s``: the server's side, ``record_arrays`` + ``decode_state``
   (zero-copy views of the received ``.npy`` bytes). Target >= 1.5 GB/s.
 - ``reply_flower_wire_gb_per_s``: ours followed by Flower's own step, every nested

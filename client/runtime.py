@@ -65,11 +65,7 @@ def seeded_model(preset: str, seed: int, init_weights: str = "none") -> M3FM:
     everywhere.
     """
     torch.manual_seed(seed)
-    model = build_model(preset)
-    if init_weights != "none":
-        check_init(init_weights, preset)
-        load_encoders(model, init_weights)
-    return model
+    return load_encoders(build_model(preset), check_init(init_weights, preset))
 
 
 def global_model(

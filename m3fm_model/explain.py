@@ -130,6 +130,9 @@ def ct_gradient_relevance(
     return voxels.reshape(b, g0, p0, g1, p1, g2, p2).sum((2, 4, 6)).detach()
 
 
+CT_METHODS = ("gradient", "rollout")
+
+
 @torch.no_grad()
 def explain(
     model: M3FM,
@@ -153,10 +156,8 @@ def explain(
     Returns:
         One Explanation per sample and the logits of the task.
     """
-    if ct_method not in ("rollout", "gradient"):
-        raise ValueError(
-            f"ct_method must be 'rollout' or 'gradient', not {ct_method!r}"
-        )
+    if ct_method not in CT_METHODS:
+        raise ValueError(f"ct_method must be one of {CT_METHODS}, not {ct_method!r}")
     was_training = model.training
     model.eval()
     out = model(**inputs, tasks=[task], need_weights=True)

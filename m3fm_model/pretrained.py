@@ -19,10 +19,12 @@ import hashlib
 import io
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 ENCODER_PREFIXES = ("ct_encoder.", "text_encoder.")
 # name -> file in ASSET_DIR
@@ -100,7 +102,7 @@ def read_asset(name: str) -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
 
 
-def load_encoders(model: nn.Module, name: str) -> nn.Module:
+def load_encoders(model: ModuleT, name: str) -> ModuleT:
     """Copy the named pretrained encoders into ``model`` (in place; returns it).
 
     The weights must match the SHA-256 stored with them, so every site and the server

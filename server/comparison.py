@@ -136,16 +136,27 @@ def train_alone(site: SiteConfig, plan: ArmPlan, dp: bool, scratch: Path) -> M3F
     return model
 
 
-def pooled_dataset(sites: Sequence[SiteConfig], plan: ArmPlan, dp: bool) -> SiteDataset:
-    """All sites' training exams in one dataset (the centralised arm)."""
-    exams = [
-        e for s in sites for e in load_manifest(s, plan.preset) if e["split"] == "train"
-    ]
+def pooled_splits(
+    sites: Sequence[SiteConfig], preset: str, splits: set[str], **options: Any
+) -> SiteDataset:
+    """The sites' exams of ``splits`` as one dataset over every task they label.
+
+    ``options`` go to ``SiteDataset`` (augmentation, modality dropout, seed, ...).
+    """
+    exams = [e for s in sites for e in load_manifest(s, preset) if e["split"] in splits]
     tasks = sorted({t for s in sites for t in s.tasks})
     cache = PooledCache([ExamCache(s.cache_dir / "crops") for s in sites])
     return SiteDataset(
-        exams, cache=cache, model_config=preset_config(plan.preset), tasks=tasks,  # type: ignore[arg-type]
-        tokenizer=default_tokenizer(), modality_dropout=plan.modality_dropout, seed=plan.seed, per_patient=dp,
+        exams, cache=cache, model_config=preset_config(preset), tasks=tasks,  # type: ignore[arg-type]
+        tokenizer=default_tokenizer(), **options,
+    )  # fmt: skip
+
+
+def pooled_dataset(sites: Sequence[SiteConfig], plan: ArmPlan, dp: bool) -> SiteDataset:
+    """All sites' training exams in one dataset (the centralised arm)."""
+    return pooled_splits(
+        sites, plan.preset, {"train"},
+        modality_dropout=plan.modality_dropout, seed=plan.seed, per_patient=dp,
     )  # fmt: skip
 
 

@@ -28,19 +28,17 @@ from pathlib import Path
 
 import torch
 
-from client.cache import ExamCache
 from client.metrics import flatten_for_reply, task_metrics
 from client.prepare import manifest_path, prepare_site
 from client.runtime import seeded_model
 from client.site_config import SiteConfig, load_site_config
-from client.site_dataset import SiteDataset, default_tokenizer, load_manifest
+from client.site_dataset import SiteDataset
 from client.synth import synthesize_site
 from client.train import TrainConfig, predict_split, train_one_round
 from m3fm_model import M3FM
-from m3fm_model.config import preset_config
 from m3fm_model.pretrained import ENCODER_PREFIXES, write_asset
 
-from .comparison import PooledCache, primary_metric
+from .comparison import pooled_splits, primary_metric
 
 log = logging.getLogger(__name__)
 
@@ -71,16 +69,6 @@ def generate_cohort(
         return [load_site_config(j.result()) for j in jobs]
 
 
-def pooled(sites: Sequence[SiteConfig], splits: set[str], **options) -> SiteDataset:
-    """The sites' exams of ``splits`` as one dataset over every task they label."""
-    exams = [e for s in sites for e in load_manifest(s, "tiny") if e["split"] in splits]
-    return SiteDataset(
-        exams, cache=PooledCache([ExamCache(s.cache_dir / "crops") for s in sites]),
-        model_config=preset_config("tiny"), tasks=sorted({t for s in sites for t in s.tasks}),
-        tokenizer=default_tokenizer(), **options,
-    )  # fmt: skip
-
-
 def headline(model: M3FM, data: SiteDataset) -> dict[str, float]:
     """Each task's headline metric (AUC, C-index or accuracy) on ``data``."""
     out = {}
@@ -102,8 +90,10 @@ def pretrain(
     """
     torch.manual_seed(seed)
     model = seeded_model("tiny", seed)
-    train = pooled(sites, {"train", "test"}, modality_dropout=0.2, seed=seed)
-    val = pooled(sites, {"val"}, augment=False, auxiliary=False)
+    train = pooled_splits(
+        sites, "tiny", {"train", "test"}, modality_dropout=0.2, seed=seed
+    )
+    val = pooled_splits(sites, "tiny", {"val"}, augment=False, auxiliary=False)
     cfg = TrainConfig(
         scope="all", lr=lr, local_steps=chunk, batch_size=batch_size, seed=seed,
         modality_dropout=0.2, dp=False, device="cpu", threads=threads,

@@ -12,7 +12,7 @@ from typing import Any
 
 from client.scope import SCOPES, check_scope, lora_scope_rank
 from m3fm_model.config import PRESETS
-from m3fm_model.pretrained import INIT_CHOICES
+from m3fm_model.pretrained import check_init
 
 AGGREGATIONS = ("fedavg", "fedprox", "fedadam", "median", "trimmed-mean")
 
@@ -60,12 +60,6 @@ class RunConfig:
                 "trainable-scope",
                 f"one of {[*sorted(SCOPES), 'lora']}",
             ),
-            (
-                self.init_weights in INIT_CHOICES
-                and (self.init_weights == "none" or self.preset == "tiny"),
-                "init-weights",
-                f"one of {INIT_CHOICES} ('tiny-synthetic' needs preset tiny)",
-            ),
             (self.lora_rank >= 1, "lora-rank", "at least 1"),
             (self.aggregation in AGGREGATIONS, "aggregation", f"one of {AGGREGATIONS}"),
             (self.num_server_rounds >= 1, "num-server-rounds", "at least 1"),
@@ -93,6 +87,7 @@ class RunConfig:
                 raise ValueError(
                     f"run config {key}={getattr(self, key.replace('-', '_'))!r}: must be {want}"
                 )
+        check_init(self.init_weights, self.preset)
 
     def _set_lora_rank(self) -> None:
         """``trainable-scope = "lora"`` + ``lora-rank = r`` becomes the scope ``lora-r``.

@@ -15,7 +15,6 @@ import functools
 import io
 import math
 import re
-import threading
 import warnings
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
@@ -146,31 +145,14 @@ def npy_bytes(tensor: torch.Tensor, half: str | None) -> tuple[np.dtype, bytes]:
     wire = wire_dtype(tag)
     header = _npy_header(np.lib.format.dtype_to_descr(wire), tuple(t.shape))
     size = len(header) + t.numel() * wire.itemsize
-    out = _scratch(size)
+    out = bytearray(size)
     out[: len(header)] = header
     if t.numel():
         dst = torch.frombuffer(
             out, dtype=_TORCH.get(tag, t.dtype), offset=len(header), count=t.numel()
         )
         dst.copy_(t.reshape(-1))
-    return wire, bytes(memoryview(out)[:size])
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(size: int) -> bytearray:
-    """This thread's conversion buffer, at least ``size`` bytes, reused across calls.
-
-    Fresh memory costs a page fault per 4 kB on first touch (about 2 GB/s here), so
-    converting into a warm buffer and copying out once halves the faulting bytes. The
-    buffer grows to the largest array sent and is kept for the next reply.
-    """
-    buf = getattr(_SCRATCH, "buf", None)
-    if buf is None or len(buf) < size:
-        buf = bytearray(size)
-        _SCRATCH.buf = buf
-    return buf
+    return wire, bytes(out)
 
 
 def wire_record(state: Mapping[str, torch.Tensor], half: str | None) -> Any:

@@ -27,7 +27,7 @@ from m3fm_model import M3FM, build_model
 
 from ..metrics import multiclass_auc, roc_auc
 from .adapt_data import LabelledExams, clinical_matrix, encode_exams, task_features
-from .adapt_fusion import fit_fusion, predict_fusion
+from .adapt_fusion import class_weight, fit_fusion, predict_fusion
 from .model_io import LoadedModel
 from .task_spec import NewTask, registry_with
 
@@ -108,11 +108,7 @@ def fit_head(
     """Train a copy of ``head`` on fixed features; returns the trained copy."""
     head = copy.deepcopy(head).train()
     y = torch.as_tensor(labels, dtype=torch.long)
-    n_classes = head(feats[:1]).shape[1]
-    counts = torch.bincount(y, minlength=n_classes).float()
-    weight = torch.where(
-        counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), 0
-    )
+    weight = class_weight(y, head.num_outputs)
     opt = torch.optim.AdamW(
         head.parameters(), lr=opts.lr, weight_decay=opts.weight_decay
     )

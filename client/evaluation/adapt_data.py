@@ -130,15 +130,14 @@ class EncodedExam:
     """The frozen encoders' outputs of one exam, as ``model.task_attention`` takes them.
 
     Attributes:
-        question_state: (1, Dt) first-token state of the question (text encoder).
-        task_token: (1, D) the loaded model's task token of the question.
+        question_state: (1, Dt) first-token state of the question (text encoder);
+            ``task_attention.task_token`` turns it into the task token.
         ct: (1, 1 + N, Di) CT tokens, or None when the exam has no CT.
         text: (1, L, Dt) clinical-text states, or None when the exam has no text.
         text_mask: (1, L) True = real text token, or None.
     """
 
     question_state: torch.Tensor
-    task_token: torch.Tensor
     ct: torch.Tensor | None
     text: torch.Tensor | None
     text_mask: torch.Tensor | None
@@ -199,7 +198,8 @@ def encode_exams(
 ) -> list[EncodedExam]:
     """The frozen encoders' outputs per exam (the inputs of ``model.task_attention``).
 
-    ``model.task_attention(e.task_token, e.ct, None, e.text, e.text_mask)`` gives the
+    ``model.task_attention(model.task_attention.task_token(e.question_state), e.ct,
+    None, e.text, e.text_mask)`` gives the
     same fused embedding as ``task_features``; fine-tuning the fusion layers reuses
     these outputs instead of running the encoders at every step.
     """
@@ -219,7 +219,6 @@ def encode_exams(
         out.append(
             EncodedExam(
                 question_state=question_state,
-                task_token=model.task_attention.task_token(question_state),
                 ct=ct,
                 text=text,
                 text_mask=x.text_mask if text is not None else None,

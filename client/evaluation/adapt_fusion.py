@@ -63,7 +63,8 @@ def fuse(
     return torch.stack([r for r in rows if r is not None])
 
 
-def _class_weight(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+def class_weight(labels: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Cross-entropy weights: total / (classes x class count); 0 for absent classes."""
     counts = torch.bincount(labels, minlength=n_classes).float()
     return torch.where(counts > 0, counts.sum() / (n_classes * counts.clamp(min=1)), 0)
 
@@ -94,9 +95,7 @@ def fit_fusion(
     fusion = copy.deepcopy(model.task_attention).train().requires_grad_(True)
     head = copy.deepcopy(model.heads[task_name]).train().requires_grad_(True)
     y = torch.as_tensor(labels, dtype=torch.long)
-    with torch.no_grad():
-        n_classes = head(fuse(fusion, encoded, [0])).shape[1]
-    weight = _class_weight(y, n_classes)
+    weight = class_weight(y, head.num_outputs)
     opt = torch.optim.AdamW(
         [
             {"params": head.parameters(), "lr": opts.lr},

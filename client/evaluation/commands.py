@@ -194,7 +194,7 @@ def _add_explain(sub: Any) -> None:
     _exam_args(p)
     p.add_argument(
         "--ct-method",
-        choices=("gradient", "rollout"),
+        choices=("gradient", "rollout"),  # m3fm_model.explain.CT_METHODS; no torch here
         default="gradient",
         help="CT relevance: |gradient x input| through the whole model (default) or "
         "attention rollout over the fusion layers",

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from m3fm_model.explain import CT_METHODS
+
 from .exam_input import ExamInputs, load_ct_crops
 from .explain_cmd import explain_exam
 from .model_io import LoadedModel, load_model
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--model", required=True)
     e.add_argument("--site", required=True, help="generated site folder")
     e.add_argument("--preset")
-    e.add_argument("--ct-method", choices=("gradient", "rollout"), default="gradient")
+    e.add_argument("--ct-method", choices=CT_METHODS, default="gradient")
     a = sub.add_parser("adapt", help="adaptation AUC vs baselines by labelled-set size")
     a.add_argument("--model", required=True)
     a.add_argument("--site-config", required=True)

@@ -187,7 +187,13 @@ def test_encoded_exams_through_task_attention_give_task_features(adapt_inputs):
     with torch.no_grad():
         fused = torch.cat(
             [
-                model.task_attention(e.task_token, e.ct, None, e.text, e.text_mask)[0]
+                model.task_attention(
+                    model.task_attention.task_token(e.question_state),
+                    e.ct,
+                    None,
+                    e.text,
+                    e.text_mask,
+                )[0]
                 for e in encoded
             ]
         )

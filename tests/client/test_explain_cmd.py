@@ -89,3 +89,24 @@ def test_nodule_overlap_measurement_runs(site, ckpt) -> None:
     got = nodule_overlap(load_model(ckpt), site.path.parent)
     assert got["exams"] >= 1 and 0 <= got["hits"] <= got["exams"]
     assert 0 < got["chance"] < 0.2
+
+
+def test_cli_offers_exactly_the_models_ct_methods() -> None:
+    import argparse
+
+    from client.evaluation.commands import add_site_commands
+    from m3fm_model.explain import CT_METHODS
+
+    parser = argparse.ArgumentParser()
+    add_site_commands(parser.add_subparsers())
+    explain = parser.parse_args(["explain", "--question", "q", "--model", "m"])
+    assert explain.ct_method == "gradient"
+    for method in CT_METHODS:
+        got = parser.parse_args(
+            ["explain", "--question", "q", "--model", "m", "--ct-method", method]
+        )
+        assert got.ct_method == method
+    with pytest.raises(SystemExit):
+        parser.parse_args(
+            ["explain", "--question", "q", "--model", "m", "--ct-method", "saliency"]
+        )

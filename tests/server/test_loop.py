@@ -271,7 +271,7 @@ def test_bfloat16_transfer_halves_the_bytes_and_still_trains(sites, tmp_path):
 
 def test_pretrained_encoders_start_the_run_at_the_server_and_the_sites(sites, tmp_path):
     from client import runtime
-    from m3fm_model.pretrained import read_asset
+    from m3fm_model.pretrained import asset_info, read_asset
 
     cfg = _cfg(tmp_path, **{"num-server-rounds": 1, "init-weights": "tiny-synthetic"})
     FederatedLoop(_grid(sites["plain"]), cfg).run()
@@ -291,4 +291,7 @@ def test_pretrained_encoders_start_the_run_at_the_server_and_the_sites(sites, tm
     state = site_model.state_dict()
     assert all(torch.equal(state[k], v) for k, v in asset.items())
     card = json.loads((tmp_path / "r" / "model_card.json").read_text())
-    assert "tiny-synthetic" in json.dumps(card)
+    assert card["initial-encoders"] == {
+        "name": "tiny-synthetic",
+        "sha256": asset_info("tiny-synthetic")["sha256"],
+    }
