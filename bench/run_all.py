@@ -54,7 +54,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         ratio = r["ratio"]
         shown = "error" if isinstance(ratio, float) and math.isnan(ratio) else ratio
-        mark = "pass" if r["meets"] else "MISS"
+        mark = "info" if r["meets"] is None else "pass" if r["meets"] else "MISS"
         anchor = r.get("anchor", "")
         unit = f" {r['unit']}" if "unit" in r else ""
         lines.append(
@@ -102,8 +102,12 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     rows = run(args.quick, args.only)
     print(format_table(rows))
-    met = sum(r["meets"] for r in rows)
-    print(f"{met} of {len(rows)} rows meet their target; JSON: {args.out}")
+    targeted = [r for r in rows if r["meets"] is not None]
+    met = sum(r["meets"] for r in targeted)
+    print(
+        f"{met} of {len(targeted)} rows with a target meet it "
+        f"({len(rows) - len(targeted)} informational); JSON: {args.out}"
+    )
     args.out.write_text(json.dumps(rows, indent=2, default=str) + "\n")
 
 

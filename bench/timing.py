@@ -22,12 +22,18 @@ def interleaved(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def row(name: str, ratio: float, target: str, meets: bool, **extra: object) -> dict:
-    """One result row ``{"name", "ratio", "target", "meets", ...}``."""
+def row(
+    name: str, ratio: float, target: str, meets: bool | None, **extra: object
+) -> dict:
+    """One result row ``{"name", "ratio", "target", "meets", ...}``.
+
+    ``meets`` is None for an informational row (target ``"info"``): a cost measured for
+    reference that is not ours to change.
+    """
     return {
         "name": name,
         "ratio": round(ratio, 2),
         "target": target,
-        "meets": bool(meets),
+        "meets": None if meets is None else bool(meets),
         **extra,
     }

@@ -19,6 +19,13 @@ def test_rows_have_the_public_keys_and_the_table_marks_misses():
     assert "pass" in table.splitlines()[2] and "MISS" in table.splitlines()[3]
 
 
+def test_an_informational_row_has_no_verdict():
+    info = row("flower", 0.5, "info", None)
+    assert info["meets"] is None
+    line = format_table([info]).splitlines()[2]
+    assert "info" in line and "MISS" not in line and "pass" not in line
+
+
 def test_round_overhead_subtracts_the_slowest_site():
     metrics = {"rounds": [{"seconds": 2.0, "train": {"a": {"seconds": 1.0},
                "b": {"seconds": 1.5}}, "evaluate": {"a": {"seconds": 0.2}}}]}  # fmt: skip
