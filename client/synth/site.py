@@ -35,7 +35,7 @@ from client.synth.tables import clinical_frame, labels_frame, write_table
 __all__ = ["synthesize_site", "render_exam", "GENERATOR_VERSION"]
 
 log = logging.getLogger(__name__)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 _PRIMARY, _THICK, _LOCALIZER, _MR = 2, 3, 1, 601
 
 
@@ -205,7 +205,8 @@ def _truth_exam(patient, exam, study: StudyInfo, phantom: Phantom, series) -> di
         "age": exam.age, "series": series, "primary_series_uid": series[0]["uid"],
         "grid": {"shape": list(g.shape), "spacing_mm": list(g.spacing),
                  "z0_mm": g.z0_mm, "table_z_mm": study.table_z_mm},
-        "boxes": phantom.boxes, "findings": findings,
+        "boxes": phantom.boxes, "heart_scale": patient.anatomy.heart_scale,
+        "findings": findings,
         "labels": _jsonable(exam.labels), "clinical": exam.clinical, "faults": [],
     }  # fmt: skip
 

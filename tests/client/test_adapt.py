@@ -28,7 +28,7 @@ from client.evaluation.adapt_fusion import fit_fusion, predict_fusion
 from client.evaluation.model_io import load_model
 from client.evaluation.task_spec import load_new_task
 from client.site_dataset import load_manifest
-from client.synth.heldout import HELDOUT_FILE, HELDOUT_TASK
+from client.synth.heldout import HEART_SCALE_THRESHOLD, HELDOUT_FILE, HELDOUT_TASK
 from m3fm_model import build_model
 from tests.client.site_fixtures import prepared_site, saved_tiny_model
 
@@ -50,10 +50,12 @@ def test_generator_writes_the_held_out_labels(site) -> None:
     table = pd.read_csv(site.path.parent / HELDOUT_FILE)
     assert set(table[HELDOUT_TASK]) <= {0, 1} and len(table) >= 10
     truth = json.loads((site.path.parent / "truth.json").read_text())
-    calcium = {e["exam_id"]: e["findings"]["calcium_score"] for e in truth["exams"]}
-    present = table["exam_id"].map(calcium) > 0
+    scale = {e["exam_id"]: e["heart_scale"] for e in truth["exams"]}
+    present = table["exam_id"].map(scale) > HEART_SCALE_THRESHOLD
     agree = (table[HELDOUT_TASK] == present.astype(int)).mean()
-    assert agree >= 0.7  # reader calls follow the rendered calcium (92% / 4% noise)
+    assert agree >= 0.7  # reader calls follow the rendered heart size (92% / 4% noise)
+    # a patient's exams share the heart and the reader's call
+    assert (table.groupby("patient_id")[HELDOUT_TASK].nunique() == 1).all()
 
 
 def test_example_task_file_parses_and_bad_ones_are_refused(tmp_path) -> None:
@@ -61,7 +63,7 @@ def test_example_task_file_parses_and_bad_ones_are_refused(tmp_path) -> None:
     assert task.spec.name == HELDOUT_TASK and task.spec.roi == "heart"
     clash = tmp_path / "clash.toml"
     clash.write_text(
-        EXAMPLE.read_text().replace('name = "coronary_calcium"', 'name = "heart"')
+        EXAMPLE.read_text().replace(f'name = "{HELDOUT_TASK}"', 'name = "heart"')
     )
     with pytest.raises(ValueError, match="already registered"):
         load_new_task(clash)
@@ -91,7 +93,7 @@ def test_adapt_end_to_end_outputs_load_and_answer(site, ckpt, tmp_path, capsys) 
         {
             "patient_id": [e["patient_id"] for e in exams],
             "exam_id": [e["exam_id"] for e in exams],
-            "coronary_calcium": (ages >= np.median(ages)).astype(int),
+            HELDOUT_TASK: (ages >= np.median(ages)).astype(int),
         }
     ).to_csv(labels, index=False)
     out = tmp_path / "adapted"
@@ -120,7 +122,7 @@ def test_adapt_end_to_end_outputs_load_and_answer(site, ckpt, tmp_path, capsys) 
     adapted = load_model(out / "model.pt")
     assert HELDOUT_TASK in adapted.tasks and "heart" in adapted.tasks
     answer = tmp_path / "answer.json"
-    question = "Are the coronary arteries calcified?"
+    question = "Is the cardiac silhouette larger than normal?"
     clinical = json.dumps(exams[0]["clinical_record"])
     rc = main(
         ["predict", "--model", str(out / "model.pt"), "--clinical", clinical]
@@ -133,13 +135,13 @@ def test_adapt_end_to_end_outputs_load_and_answer(site, ckpt, tmp_path, capsys) 
 
 def test_labels_without_the_task_column_are_refused(site, ckpt, tmp_path, capsys):
     labels = tmp_path / "labels.csv"
-    labels.write_text("patient_id,exam_id,calcium\nx,y,1\n")
+    labels.write_text("patient_id,exam_id,heart_size\nx,y,1\n")
     rc = main(
         ["adapt", "--model", str(ckpt), "--task", str(EXAMPLE), "--labels", str(labels)]
         + ["--site-config", str(site.path), "--out", str(tmp_path / "o")]
     )
     err = capsys.readouterr().err
-    assert rc == 2 and "lacks columns ['coronary_calcium']" in err
+    assert rc == 2 and f"lacks columns ['{HELDOUT_TASK}']" in err
 
 
 def _age_labels(site, path: Path) -> Path:
@@ -149,7 +151,7 @@ def _age_labels(site, path: Path) -> Path:
         {
             "patient_id": [e["patient_id"] for e in exams],
             "exam_id": [e["exam_id"] for e in exams],
-            "coronary_calcium": (ages >= np.median(ages)).astype(int),
+            HELDOUT_TASK: (ages >= np.median(ages)).astype(int),
         }
     ).to_csv(path, index=False)
     return path
