@@ -12,7 +12,7 @@ held as Flower ``ArrayRecord``s, as they arrive:
   Writing the result is part of the cost but not of the bound: a store first reads its
   cache line, so the result costs a read and a write of 1/K of the bytes. Every row
   carries ``write_floor_vs_bound``, measured in the same run: (K - 1) replies read plus
-  one reply scaled into the result, over the bound (1.4-1.5 here at K = 4), the best any
+  one reply scaled into the result, over the bound (1.3-1.5 here at K = 4), the best any
   fedavg that writes its result can do.
 - ``fedavg_aggregate_only_vs_bound``: the same with the replies already decoded (what
   ``aggregate`` costs after ``validate_reply``). Target <= 1.5.
