@@ -27,7 +27,12 @@ import numpy as np
 import torch
 
 from client.cache import CachedCrop, CacheKey, ExamCache
-from client.metrics import aggregate_site_metrics, flatten_for_reply, task_metrics
+from client.metrics import (
+    IGNORE_LABEL,
+    aggregate_site_metrics,
+    flatten_for_reply,
+    task_metrics,
+)
 from client.privacy_ledger import PrivacyLedger
 from client.runtime import seeded_model
 from client.scope import param_group, prepare_scope
@@ -53,6 +58,7 @@ from .validation import ValidatedReply
 logger = logging.getLogger(__name__)
 
 BOOTSTRAP_RESAMPLES = 200
+FEW_RARER = 5  # rarer-outcome test examples below which a site's metric is flagged
 DRAWS = "_draws"  # in-memory bootstrap draws of an evaluated arm
 
 
@@ -220,8 +226,9 @@ def evaluate_arm(
     ``aggregate`` averages each metric over the sites weighted by ``<task>.n``;
     ``ci`` holds a 95 % percentile interval of each task's headline metric from
     ``resamples`` stratified bootstrap draws (each site's test examples resampled
-    with replacement, then the same weighted average); the draws themselves are
-    kept under ``DRAWS`` for paired comparisons (not written to JSON).
+    with replacement, then the same weighted average); ``rarer_class`` holds, per
+    site and task, the test examples of the rarer outcome (``rarer_class``); the draws
+    themselves are kept under ``DRAWS`` for paired comparisons (not written to JSON).
     """
     per_site, preds = {}, {}
     for site in sites:
@@ -234,14 +241,37 @@ def evaluate_arm(
             for t, p in preds[site.name].items()
         }
         per_site[site.name] = flatten_for_reply(per_task)
+    support = {
+        site: {t: n for t, p in site_preds.items() if (n := rarer_class(p)) is not None}
+        for site, site_preds in preds.items()
+    }
     draws = bootstrap_draws(preds, resamples=resamples, seed=plan.seed)
     intervals = {t: percentile_interval(v) for t, v in draws.items()}
     return {
         "aggregate": aggregate_site_metrics(per_site),
         "ci": {t: ci for t, ci in intervals.items() if ci is not None},
         "sites": per_site,
+        "rarer_class": support,
         DRAWS: draws,
     }
+
+
+def rarer_class(pred: TaskPredictions) -> int | None:
+    """Test examples of the task's rarer outcome (None for numeric answers).
+
+    Binary and multi-class: the smallest class among those present; 6-year risk:
+    the fewer of patients with and without a diagnosis in follow-up. An AUC or C-index
+    over a handful of such examples ranks those few exams, not the model.
+    """
+    if "target" in pred.targets:
+        labels = pred.targets["target"]
+        counts = np.bincount(labels[labels != IGNORE_LABEL])
+        counts = counts[counts > 0]
+        return int(counts.min()) if len(counts) else 0
+    if "observed" in pred.targets:
+        events = (pred.targets["targets"] * pred.targets["observed"]).max(axis=1) > 0
+        return int(min(events.sum(), (~events).sum()))
+    return None
 
 
 def _take(pred: TaskPredictions, rows: np.ndarray) -> TaskPredictions:
@@ -422,7 +452,7 @@ def run_comparison(
 
     Returns:
         ``plan``, ``split``, ``bootstrap``, ``arms`` (name -> aggregate, ci, sites,
-        seconds), ``tasks`` (task -> sites that label it) and
+        rarer_class, seconds), ``tasks`` (task -> sites that label it) and
         ``federated_vs_site`` (``paired_differences``).
     """
     arms: dict[str, dict[str, Any]] = {}
@@ -480,14 +510,17 @@ def primary_metric(task: str, metrics: Mapping[str, float]) -> tuple[str, float]
 def comparison_table(result: Mapping[str, Any]) -> str:
     """Text table: tasks x arms, headline metric on the test splits, 95 % CI below.
 
-    ``n`` is the number of test examples of the task over all sites.
+    ``n`` is the number of test examples of the task over all sites; ``rare`` the
+    fewest examples of the rarer outcome at any site that labels it, marked ``*``
+    below ``FEW_RARER`` (that site's metric rests on a handful of exams).
     """
     arms = list(result["arms"])
     width = max(13, *(len(a) for a in arms))
     lines = [
-        f"{'task':<18} {'metric':<7} {'n':>4} "
+        f"{'task':<18} {'metric':<7} {'n':>4} {'rare':>5} "
         + " ".join(f"{a:>{width}}" for a in arms)
     ]
+    rare = rarest(result)
     for task in result["tasks"]:
         cells, spans, metric, n = [], [], "-", 0.0
         for arm in arms:
@@ -499,8 +532,14 @@ def comparison_table(result: Mapping[str, Any]) -> str:
             cells.append(f"{got[1]:{width}.3f}" if got else f"{'-':>{width}}")
             span = f"{ci[0]:.2f}-{ci[1]:.2f}" if ci else "-"
             spans.append(f"{span:>{width}}")
-        lines.append(f"{task:<18} {metric:<7} {n:4.0f} " + " ".join(cells))
-        lines.append(f"{'':<18} {'95% CI':<7} {'':>4} " + " ".join(spans))
+        few = rare.get(task)
+        shown = "-" if few is None else f"{few}{'*' if few < FEW_RARER else ''}"
+        lines.append(f"{task:<18} {metric:<7} {n:4.0f} {shown:>5} " + " ".join(cells))
+        lines.append(f"{'':<18} {'95% CI':<7} {'':>4} {'':>5} " + " ".join(spans))
+    if any(v < FEW_RARER for v in rare.values()):
+        lines.append(
+            f"* fewer than {FEW_RARER} test examples of the rarer outcome at a site"
+        )
     pairs = result.get("federated_vs_site") or {}
     if pairs:
         lines.append(
@@ -517,6 +556,16 @@ def comparison_table(result: Mapping[str, Any]) -> str:
                 f" federated higher in {share} of draws"
             )
     return "\n".join(lines)
+
+
+def rarest(result: Mapping[str, Any]) -> dict[str, int]:
+    """Per task, the fewest rarer-outcome test examples at any site (same for every arm)."""
+    out: dict[str, int] = {}
+    for arm in result["arms"].values():
+        for site_counts in arm.get("rarer_class", {}).values():
+            for task, count in site_counts.items():
+                out[task] = min(out.get(task, count), count)
+    return out
 
 
 def write_comparison(result: Mapping[str, Any], path: Path) -> Path:

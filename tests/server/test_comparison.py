@@ -14,6 +14,7 @@ from server.comparison import (
     comparison_table,
     paired_differences,
     primary_metric,
+    rarer_class,
 )
 
 
@@ -79,9 +80,30 @@ def test_arm_names_and_table() -> None:
     }
     table = comparison_table(result)
     row, spans = table.splitlines()[1:3]
-    assert row.split()[:5] == ["heart", "auc", "40", "0.800", "0.600"]
+    assert row.split()[:6] == ["heart", "auc", "40", "-", "0.800", "0.600"]
     assert spans.split()[-2:] == ["0.70-0.90", "-"]
     assert primary_metric("heart", {"heart.auc": 0.8}) == ("auc", 0.8)
+    # the rarer-outcome count of the worst site is shown, and flagged when tiny
+    result["arms"]["federated"]["rarer_class"] = {
+        "h1": {"heart": 12},
+        "h2": {"heart": 1},
+    }
+    flagged = comparison_table(result).splitlines()
+    assert flagged[1].split()[3] == "1*" and flagged[-1].startswith("* fewer than")
+
+
+def test_rarer_class_counts_the_rarer_outcome() -> None:
+    labels = np.array([0, 0, 0, 1, -100, 1, 0])
+    assert rarer_class(_binary(np.zeros(7), labels)) == 2
+    multi = TaskPredictions(np.zeros((5, 3)), {"target": np.array([0, 0, 2, 2, 2])})
+    assert rarer_class(multi) == 2  # class 1 absent: no AUC is computed for it
+    cum = np.array([[0, 0, 1, 1, 1, 1], [0] * 6, [0] * 6, [1] * 6], dtype=float)
+    observed = np.ones_like(cum, dtype=bool)
+    observed[1, 3:] = False  # censored, no event
+    risk = TaskPredictions(np.zeros((4, 6)), {"targets": cum, "observed": observed})
+    assert rarer_class(risk) == 2  # 2 diagnosed, 2 not
+    number = TaskPredictions(np.zeros((2, 30)), {"digits": np.zeros((2, 3), int)})
+    assert rarer_class(number) is None
 
 
 def test_paired_differences_use_the_same_resamples() -> None:
