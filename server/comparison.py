@@ -259,15 +259,19 @@ def evaluate_arm(
 def rarer_class(pred: TaskPredictions) -> int | None:
     """Test examples of the task's rarer outcome (None for numeric answers).
 
-    Binary and multi-class: the smallest class among those present; 6-year risk:
+    Binary: the smaller class (0 when one class is absent); multi-class: the smallest
+    class among those present (absent classes get no one-vs-rest AUC); 6-year risk:
     the fewer of patients with and without a diagnosis in follow-up. An AUC or C-index
     over a handful of such examples ranks those few exams, not the model.
     """
     if "target" in pred.targets:
         labels = pred.targets["target"]
-        counts = np.bincount(labels[labels != IGNORE_LABEL])
-        counts = counts[counts > 0]
-        return int(counts.min()) if len(counts) else 0
+        width = pred.outputs.shape[1]
+        counts = np.bincount(labels[labels != IGNORE_LABEL], minlength=width)
+        if width == 2:  # a binary split with one class present has no AUC at all
+            return int(counts.min())
+        present = counts[counts > 0]
+        return int(present.min()) if len(present) else 0
     if "observed" in pred.targets:
         events = (pred.targets["targets"] * pred.targets["observed"]).max(axis=1) > 0
         return int(min(events.sum(), (~events).sum()))

@@ -95,6 +95,7 @@ def test_arm_names_and_table() -> None:
 def test_rarer_class_counts_the_rarer_outcome() -> None:
     labels = np.array([0, 0, 0, 1, -100, 1, 0])
     assert rarer_class(_binary(np.zeros(7), labels)) == 2
+    assert rarer_class(_binary(np.zeros(3), np.zeros(3, int))) == 0  # one class only
     multi = TaskPredictions(np.zeros((5, 3)), {"target": np.array([0, 0, 2, 2, 2])})
     assert rarer_class(multi) == 2  # class 1 absent: no AUC is computed for it
     cum = np.array([[0, 0, 1, 1, 1, 1], [0] * 6, [0] * 6, [1] * 6], dtype=float)
