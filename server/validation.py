@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy.linalg import blas
 
 from client.records import (
     EVALUATE_METRIC_KEYS,
@@ -32,6 +33,9 @@ EVALUATE_METRIC_PATTERNS: tuple[str, ...] = EVALUATE_METRIC_KEYS
 STATUS_OK = int(Status.OK)
 STATUS_CODES = tuple(int(s) for s in Status)
 _CHUNK = 1 << 20  # elements per slice of the update-norm computation
+_NORM_SLICE = 1 << 18  # elements per slice of its BLAS path (1 MiB of float32: in L2)
+_DOT = {torch.float32: blas.sdot, torch.float64: blas.ddot}
+_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 # Rejection codes.
 REFUSED = "refused"
@@ -127,14 +131,54 @@ def update_norm(
     """L2 norm of ``arrays - global_values`` over all names of ``arrays``.
 
     Works in slices of the flattened arrays so that no full-size temporary is made.
+    Same-dtype float32/float64 CPU pairs take a BLAS path: the difference of each
+    slice goes into one cache-sized scratch buffer and BLAS ``dot`` squares it (no
+    allocation per slice: 1.4x the time of reading both arrays once, against 2.2x
+    for ``torch.sub`` + ``torch.dot``, ``make bench`` ``validate`` row); other
+    dtypes (half-precision replies) go through torch.
     """
     total = 0.0
+    scratch: dict[torch.dtype, np.ndarray] = {}
     for name, x in arrays.items():
-        xf, gf = x.reshape(-1), global_values[name].reshape(-1)
+        g = global_values[name]
+        if _blas_pair(x, g):
+            buf = scratch.get(x.dtype)
+            if buf is None:
+                buf = scratch[x.dtype] = np.empty(_NORM_SLICE, _NUMPY[x.dtype])
+            total += _squared_distance_blas(x, g, buf)
+            continue
+        xf, gf = x.reshape(-1), g.reshape(-1)
         for s in range(0, xf.numel(), _CHUNK):
             d = torch.sub(xf[s : s + _CHUNK], gf[s : s + _CHUNK]).float()
             total += float(torch.dot(d, d))
     return math.sqrt(total)
+
+
+def _blas_pair(x: torch.Tensor, g: torch.Tensor) -> bool:
+    """Whether both are contiguous CPU tensors of one BLAS dtype and one size."""
+    return (
+        x.dtype in _DOT
+        and g.dtype == x.dtype
+        and x.device.type == "cpu"
+        and g.device.type == "cpu"
+        and x.is_contiguous()
+        and g.is_contiguous()
+        and x.numel() == g.numel()
+    )
+
+
+def _squared_distance_blas(x: torch.Tensor, g: torch.Tensor, buf: np.ndarray) -> float:
+    """``sum((x - g) ** 2)`` slice by slice through ``buf``."""
+    dot = _DOT[x.dtype]
+    xf = (x.detach() if x.requires_grad else x).numpy().reshape(-1)
+    gf = (g.detach() if g.requires_grad else g).numpy().reshape(-1)
+    total = 0.0
+    for s in range(0, xf.shape[0], _NORM_SLICE):
+        e = min(s + _NORM_SLICE, xf.shape[0])
+        d = buf[: e - s]
+        np.subtract(xf[s:e], gf[s:e], out=d)
+        total += float(dot(d, d))
+    return total
 
 
 def check_reply_records(

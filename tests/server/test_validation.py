@@ -235,3 +235,19 @@ def test_evaluate_reply_may_not_carry_arrays():
     records = {"metrics": "metric", "site": "config", "arrays": "array"}
     out = v.check_reply_records(records, ["name"], v.EVALUATE_REPLY_RECORDS)
     assert out is not None and out.code == v.RECORD_LAYOUT
+
+
+def test_update_norm_blas_slices_match_a_float64_reference(monkeypatch):
+    monkeypatch.setattr(v, "_NORM_SLICE", 1000)  # several slices per array
+    rng = np.random.default_rng(3)
+    glob = {"a": torch.from_numpy(rng.standard_normal(2500, dtype=np.float32))}
+    glob["b"] = torch.from_numpy(rng.standard_normal((40, 30)))  # float64
+    glob["c"] = torch.randn(7, dtype=torch.float32)
+    reply = {n: t + 0.01 * torch.randn_like(t) for n, t in glob.items()}
+    reply["c"] = reply["c"].to(torch.bfloat16)  # mixed dtypes take the torch path
+    ref = math.sqrt(
+        sum(float(((reply[n].double() - glob[n].double()) ** 2).sum()) for n in glob)
+    )
+    assert v.update_norm(reply, glob) == pytest.approx(ref, rel=1e-5)
+    reply["a"][1234] = float("nan")
+    assert math.isnan(v.update_norm(reply, glob))
