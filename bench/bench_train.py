@@ -140,7 +140,7 @@ def bench_dp(data: SiteDataset, parts: list[M3FMBatch], repeats: int) -> list[di
     t = interleaved(variants, repeats)
     ms = {k: round(v * 1e3, 1) for k, v in t.items()}
     working = [m for m in PROBED_MODES if m not in failed]
-    default = TrainConfig.__dataclass_fields__["grad_sample_mode"].default
+    default = TrainConfig.grad_sample_mode  # the dataclass default
     rows = []
     for mode in working:
         ratio = t[mode] / t["plain"]

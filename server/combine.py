@@ -68,7 +68,7 @@ def weighted_mean(
     """
     acc = _accumulator(tensors[0].shape, dtype, out)
     in_place_base = base is not None and base.data_ptr() == acc.data_ptr()
-    if _blas_ok(acc, tensors, base):
+    if blas_ok(acc, tensors, base):
         _weighted_mean_blas(acc, tensors, alphas, base, base_coef, in_place_base)
         return acc
     flat_out = acc.view(-1)
@@ -106,7 +106,7 @@ def _accumulate(
         o.add_(x, alpha=a)
 
 
-def _blas_ok(
+def blas_ok(
     o: torch.Tensor, xs: Sequence[torch.Tensor], base: torch.Tensor | None
 ) -> bool:
     """Whether every operand is a contiguous CPU tensor of the accumulator's dtype."""
@@ -120,7 +120,7 @@ def _blas_ok(
     )
 
 
-def _flat_numpy(t: torch.Tensor) -> np.ndarray:
+def flat_numpy(t: torch.Tensor) -> np.ndarray:
     """1-D numpy view of a contiguous CPU tensor (no copy)."""
     arr = t.detach().numpy() if t.requires_grad else t.numpy()
     return arr.reshape(-1)
@@ -141,9 +141,9 @@ def _weighted_mean_blas(
     arrays of a few hundred thousand values (``make bench``).
     """
     axpy = _AXPY[acc.dtype]
-    out = _flat_numpy(acc)
-    xs = [_flat_numpy(t) for t in tensors]
-    flat_base = None if base is None else _flat_numpy(base)
+    out = flat_numpy(acc)
+    xs = [flat_numpy(t) for t in tensors]
+    flat_base = None if base is None else flat_numpy(base)
     for s in range(0, out.shape[0], _SLICE):
         e = s + _SLICE
         o = out[s:e]

@@ -60,6 +60,7 @@ logger = logging.getLogger(__name__)
 BOOTSTRAP_RESAMPLES = 200
 FEW_RARER = 5  # rarer-outcome test examples below which a site's metric is flagged
 DRAWS = "_draws"  # in-memory bootstrap draws of an evaluated arm
+RARER = "rarer_class"  # site -> task -> rarer-outcome test examples (``rarer_class``)
 
 
 class PooledCache:
@@ -226,9 +227,10 @@ def evaluate_arm(
     ``aggregate`` averages each metric over the sites weighted by ``<task>.n``;
     ``ci`` holds a 95 % percentile interval of each task's headline metric from
     ``resamples`` stratified bootstrap draws (each site's test examples resampled
-    with replacement, then the same weighted average); ``rarer_class`` holds, per
-    site and task, the test examples of the rarer outcome (``rarer_class``); the draws
-    themselves are kept under ``DRAWS`` for paired comparisons (not written to JSON).
+    with replacement, then the same weighted average); ``RARER`` holds, per site and
+    task, the test examples of the rarer outcome (``rarer_class``), and the draws are
+    kept under ``DRAWS`` for paired comparisons; ``run_comparison`` takes both out of
+    the arm.
     """
     per_site, preds = {}, {}
     for site in sites:
@@ -251,7 +253,7 @@ def evaluate_arm(
         "aggregate": aggregate_site_metrics(per_site),
         "ci": {t: ci for t, ci in intervals.items() if ci is not None},
         "sites": per_site,
-        "rarer_class": support,
+        RARER: support,
         DRAWS: draws,
     }
 
@@ -455,8 +457,9 @@ def run_comparison(
             other, so the result does not depend on ``workers``.
 
     Returns:
-        ``plan``, ``split``, ``bootstrap``, ``arms`` (name -> aggregate, ci, sites,
-        rarer_class, seconds), ``tasks`` (task -> sites that label it) and
+        ``plan``, ``split``, ``bootstrap``, ``rarer_class`` (site -> task -> test
+        examples of the rarer outcome, the same for every arm), ``arms`` (name ->
+        aggregate, ci, sites, seconds), ``tasks`` (task -> sites that label it) and
         ``federated_vs_site`` (``paired_differences``).
     """
     arms: dict[str, dict[str, Any]] = {}
@@ -485,10 +488,13 @@ def run_comparison(
                 finished(*job.result())
     arms.update({name: done[name] for name in names})
     draws = {name: arm.pop(DRAWS) for name, arm in arms.items()}
+    # every arm is scored on the same test exams: keep their label counts once
+    support = [arm.pop(RARER) for arm in arms.values()][0]
     return {
         "plan": plan.__dict__,
         "split": "test",
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "level": 0.95},
+        RARER: support,
         "arms": arms,
         "tasks": _shared_tasks(sites),
         "federated_vs_site": paired_differences(arms, draws, sites),
@@ -563,12 +569,11 @@ def comparison_table(result: Mapping[str, Any]) -> str:
 
 
 def rarest(result: Mapping[str, Any]) -> dict[str, int]:
-    """Per task, the fewest rarer-outcome test examples at any site (same for every arm)."""
+    """Per task, the fewest rarer-outcome test examples at any site."""
     out: dict[str, int] = {}
-    for arm in result["arms"].values():
-        for site_counts in arm.get("rarer_class", {}).values():
-            for task, count in site_counts.items():
-                out[task] = min(out.get(task, count), count)
+    for site_counts in result.get(RARER, {}).values():
+        for task, count in site_counts.items():
+            out[task] = min(out.get(task, count), count)
     return out
 
 

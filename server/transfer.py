@@ -144,8 +144,7 @@ def npy_bytes(tensor: torch.Tensor, half: str | None) -> tuple[np.dtype, bytes]:
     tag = dtype_tag(t.dtype, half)
     wire = wire_dtype(tag)
     header = _npy_header(np.lib.format.dtype_to_descr(wire), tuple(t.shape))
-    size = len(header) + t.numel() * wire.itemsize
-    out = bytearray(size)
+    out = bytearray(len(header) + t.numel() * wire.itemsize)
     out[: len(header)] = header
     if t.numel():
         dst = torch.frombuffer(

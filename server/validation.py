@@ -24,6 +24,7 @@ from client.records import (
     Status,
 )
 from client.scope import param_group
+from server.combine import blas_ok, flat_numpy
 from server.transfer import decode_array, dtype_tag, wire_dtype
 
 _TASK = TASK_PATTERN
@@ -35,7 +36,6 @@ STATUS_CODES = tuple(int(s) for s in Status)
 _CHUNK = 1 << 20  # elements per slice of the update-norm computation
 _NORM_SLICE = 1 << 18  # elements per slice of its BLAS path (1 MiB of float32: in L2)
 _DOT = {torch.float32: blas.sdot, torch.float64: blas.ddot}
-_NUMPY = {torch.float32: np.float32, torch.float64: np.float64}
 
 # Rejection codes.
 REFUSED = "refused"
@@ -141,11 +141,8 @@ def update_norm(
     scratch: dict[torch.dtype, np.ndarray] = {}
     for name, x in arrays.items():
         g = global_values[name]
-        if _blas_pair(x, g):
-            buf = scratch.get(x.dtype)
-            if buf is None:
-                buf = scratch[x.dtype] = np.empty(_NORM_SLICE, _NUMPY[x.dtype])
-            total += _squared_distance_blas(x, g, buf)
+        if x.numel() == g.numel() and blas_ok(g, [x], None):
+            total += _squared_distance_blas(x, g, scratch)
             continue
         xf, gf = x.reshape(-1), g.reshape(-1)
         for s in range(0, xf.numel(), _CHUNK):
@@ -154,24 +151,15 @@ def update_norm(
     return math.sqrt(total)
 
 
-def _blas_pair(x: torch.Tensor, g: torch.Tensor) -> bool:
-    """Whether both are contiguous CPU tensors of one BLAS dtype and one size."""
-    return (
-        x.dtype in _DOT
-        and g.dtype == x.dtype
-        and x.device.type == "cpu"
-        and g.device.type == "cpu"
-        and x.is_contiguous()
-        and g.is_contiguous()
-        and x.numel() == g.numel()
-    )
-
-
-def _squared_distance_blas(x: torch.Tensor, g: torch.Tensor, buf: np.ndarray) -> float:
-    """``sum((x - g) ** 2)`` slice by slice through ``buf``."""
+def _squared_distance_blas(
+    x: torch.Tensor, g: torch.Tensor, scratch: dict[torch.dtype, np.ndarray]
+) -> float:
+    """``sum((x - g) ** 2)`` slice by slice through one scratch buffer per dtype."""
     dot = _DOT[x.dtype]
-    xf = (x.detach() if x.requires_grad else x).numpy().reshape(-1)
-    gf = (g.detach() if g.requires_grad else g).numpy().reshape(-1)
+    xf, gf = flat_numpy(x), flat_numpy(g)
+    if x.dtype not in scratch:
+        scratch[x.dtype] = np.empty(_NORM_SLICE, xf.dtype)
+    buf = scratch[x.dtype]
     total = 0.0
     for s in range(0, xf.shape[0], _NORM_SLICE):
         e = min(s + _NORM_SLICE, xf.shape[0])

@@ -84,7 +84,7 @@ def test_arm_names_and_table() -> None:
     assert spans.split()[-2:] == ["0.70-0.90", "-"]
     assert primary_metric("heart", {"heart.auc": 0.8}) == ("auc", 0.8)
     # the rarer-outcome count of the worst site is shown, and flagged when tiny
-    result["arms"]["federated"]["rarer_class"] = {
+    result["rarer_class"] = {
         "h1": {"heart": 12},
         "h2": {"heart": 1},
     }
