@@ -29,6 +29,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from client.synth.dicom_fast import SeriesTemplate
 from client.synth.paint import Grid
 from client.synth.profiles import ScannerSpec
 
@@ -42,9 +43,14 @@ __all__ = [
     "decimal_string",
     "file_name",
     "slice_pixels",
+    "series_header",
+    "slice_values",
+    "SLICE_VARYING",
 ]
 
 HU_RANGE = (-1024.0, 3071.0)
+# SOPInstanceUID, InstanceNumber, ImagePositionPatient, SliceLocation, PixelData
+SLICE_VARYING = (0x00080018, 0x00200013, 0x00200032, 0x00201041, 0x7FE00010)
 
 
 def uid(*parts: object) -> str:
@@ -275,12 +281,13 @@ def file_name(style: str, instance: int, sop_uid: str) -> str:
     return hashlib.sha1(sop_uid.encode()).hexdigest()[:16] + ".dcm"
 
 
-def _set_pixels(ds: Dataset, pixels: np.ndarray, syntax: str) -> None:
+def _set_pixels(ds: Dataset, header: Dataset, pixels: np.ndarray, syntax: str) -> None:
+    """Put ``pixels`` into ``ds`` as PixelData (``header`` holds the image attributes)."""
     if syntax == JPEGLSLossless:
         frame = JPEGLSLosslessEncoder.encode(
-            pixels, rows=ds.Rows, columns=ds.Columns, number_of_frames=1,
-            samples_per_pixel=1, bits_allocated=16, bits_stored=ds.BitsStored,
-            pixel_representation=ds.PixelRepresentation,
+            pixels, rows=header.Rows, columns=header.Columns, number_of_frames=1,
+            samples_per_pixel=1, bits_allocated=16, bits_stored=header.BitsStored,
+            pixel_representation=header.PixelRepresentation,
             photometric_interpretation="MONOCHROME2",
         )  # fmt: skip
         ds.PixelData = encapsulate([frame])
@@ -312,6 +319,21 @@ def write_ct_series(
         The written slices, in canonical order.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    header = series_header(grid, study, series, scanner)
+    template = SeriesTemplate(header, SLICE_VARYING)
+    out = []
+    for k in range(grid.shape[0]):
+        values, instance = slice_values(volume, grid, header, study, series, scanner, k)
+        path = folder / file_name(scanner.file_style, instance, values.SOPInstanceUID)
+        template.write(path, values)
+        out.append(SliceFile(path, k, instance, values.SOPInstanceUID))
+    return out
+
+
+def series_header(
+    grid: Grid, study: StudyInfo, series: SeriesInfo, scanner: ScannerSpec
+) -> Dataset:
+    """The attributes every slice of the series shares, with its file meta."""
     ds = base_dataset(study, scanner)
     _ct_attributes(ds, grid, scanner, series)
     meta = FileMetaDataset()
@@ -319,18 +341,27 @@ def write_ct_series(
     meta.TransferSyntaxUID = scanner.transfer_syntax or ExplicitVRLittleEndian
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
+    return ds
+
+
+def slice_values(
+    volume: np.ndarray,
+    grid: Grid,
+    header: Dataset,
+    study: StudyInfo,
+    series: SeriesInfo,
+    scanner: ScannerSpec,
+    k: int,
+) -> tuple[Dataset, int]:
+    """The ``SLICE_VARYING`` attributes of canonical slice ``k`` and its InstanceNumber."""
     nz = grid.shape[0]
-    out = []
-    for k in range(nz):
-        instance = nz - k if scanner.superior_first else k + 1
-        sop = uid(series.uid, "slice", k)
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID = sop
-        ds.InstanceNumber = instance
-        position = _position(grid, scanner, k, study.table_z_mm)
-        ds.ImagePositionPatient = [decimal_string(v) for v in position]
-        ds.SliceLocation = decimal_string(position[2])
-        _set_pixels(ds, slice_pixels(volume[k], scanner, grid), meta.TransferSyntaxUID)
-        path = folder / file_name(scanner.file_style, instance, sop)
-        ds.save_as(path, enforce_file_format=True)
-        out.append(SliceFile(path, k, instance, sop))
-    return out
+    instance = nz - k if scanner.superior_first else k + 1
+    values = Dataset()
+    values.SOPInstanceUID = uid(series.uid, "slice", k)
+    values.InstanceNumber = instance
+    position = _position(grid, scanner, k, study.table_z_mm)
+    values.ImagePositionPatient = [decimal_string(v) for v in position]
+    values.SliceLocation = decimal_string(position[2])
+    pixels = slice_pixels(volume[k], scanner, grid)
+    _set_pixels(values, header, pixels, header.file_meta.TransferSyntaxUID)
+    return values, instance
