@@ -1,9 +1,10 @@
 """Measurements on generated hospitals (they read ``truth.json``, so never at a site).
 
-``nodule_overlap``: how often the CT region that ``explain`` ranks first (the patch of
-highest relevance) overlaps the generated nodule, for the nodule-presence answer, and
-how often a patch drawn at random would (chance). Run as
-``python -m client.evaluation.measure explain --model CKPT --site DIR``.
+``finding_overlap``: how often the CT region that ``explain`` ranks first (the patch of
+highest relevance) overlaps the generated nodule (for the nodule-presence answer) or
+consolidation (for the consolidation answer), and how often a patch drawn at random
+would (chance). Run as ``python -m client.evaluation.measure explain --model CKPT
+--site DIR [--finding consolidation]``.
 
 ``adapt_curve``: the adaptation's cross-validated AUC against both baselines for
 several numbers of labelled exams (each drawn several times), as in the README:
@@ -28,16 +29,34 @@ from .explain_cmd import explain_exam
 from .model_io import LoadedModel, load_model
 
 NODULE_QUESTION = "Is there a lung nodule of at least 4 mm?"
+# finding -> (the crop its task reads, the question asked)
+FINDINGS = {
+    "nodule": ("lung", NODULE_QUESTION),
+    "consolidation": ("chest", "Is there consolidation?"),
+}
 
 
-def _ball_patches(
-    inputs: ExamInputs, nodule: dict[str, Any], grid: tuple[int, ...]
+def _shapes(exam: dict[str, Any], finding: str, min_diameter_mm: float) -> list:
+    """(centre voxel, semi-axes in mm) of the exam's generated finding, [] if none."""
+    if finding == "nodule":
+        nodules = exam["findings"].get("nodules") or []
+        if not nodules or nodules[0]["diameter_mm"] < min_diameter_mm:
+            return []
+        r = nodules[0]["diameter_mm"] / 2  # the largest nodule, which the label reads
+        return [(nodules[0]["center_voxel"], (r, r, r))]
+    return [
+        (b["center_voxel"], b["radii_mm"]) for b in exam["findings"].get(finding) or []
+    ]
+
+
+def _touched_patches(
+    inputs: ExamInputs, roi: str, shape: tuple, grid: tuple[int, ...]
 ) -> set[tuple[int, ...]]:
-    """Patches of the lung crop's grid that the nodule's ball touches."""
-    geom = inputs.geometry["lung"]
-    spacing = np.array(inputs.crops["lung"][1])
-    centre = np.array(geom.to_crop(tuple(nodule["center_voxel"])))
-    radius = nodule["diameter_mm"] / 2 / spacing  # crop voxels per axis
+    """Patches of the ROI crop's grid that an ellipsoid (centre voxel, mm) touches."""
+    geom = inputs.geometry[roi]
+    spacing = np.array(inputs.crops[roi][1])
+    centre = np.array(geom.to_crop(tuple(shape[0])))
+    radius = np.array(shape[1], dtype=float) / spacing  # crop voxels per axis
     patch = np.array(geom.crop_size) // np.array(grid)
     axes = [np.linspace(-1, 1, 9)] * 3
     offsets = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
@@ -47,40 +66,46 @@ def _ball_patches(
     return {tuple(int(v) for v in p) for p in (points[inside] // patch)}
 
 
-def nodule_overlap(
+def finding_overlap(
     loaded: LoadedModel,
     site_dir: Path,
     *,
+    finding: str = "nodule",
     min_diameter_mm: float = 4.0,
     ct_method: str = "gradient",
 ) -> dict[str, Any]:
-    """Top-patch overlap with the nodule over a generated site's nodule exams.
+    """Top-patch overlap with a generated finding over a generated site's exams.
 
     Args:
         loaded: The model.
         site_dir: A folder written by ``client.synth.synthesize_site``.
+        finding: "nodule" (the largest, asked with the nodule-presence question on
+            the lung crop) or "consolidation" (every patch, the consolidation
+            question on the chest crop).
         min_diameter_mm: Smallest nodule counted (the task's threshold).
         ct_method: CT relevance method of ``explain`` ("gradient" or "rollout").
 
     Returns:
-        exams, hits, rate, chance (mean share of patches the nodule touches).
+        exams, hits, rate, chance (mean share of patches the finding touches).
     """
+    roi, question = FINDINGS[finding]
     truth = json.loads((site_dir / "truth.json").read_text())
     hits, chances = [], []
     for exam in truth["exams"]:
-        nodules = exam["findings"].get("nodules") or []
-        if not nodules or nodules[0]["diameter_mm"] < min_diameter_mm or exam["faults"]:
+        shapes = _shapes(exam, finding, min_diameter_mm)
+        if not shapes or exam["faults"]:
             continue
         folder = site_dir / exam["series"][0]["folder"]
         inputs = ExamInputs()
         inputs.crops, inputs.geometry = load_ct_crops(folder, loaded.preset)
-        result = explain_exam(loaded, inputs, NODULE_QUESTION, ct_method)
-        grid = loaded.model.ct_encoder.scale_for(inputs.geometry["lung"].crop_size).grid
-        touched = _ball_patches(inputs, nodules[0], grid)
+        result = explain_exam(loaded, inputs, question, ct_method)
+        grid = loaded.model.ct_encoder.scale_for(inputs.geometry[roi].crop_size).grid
+        touched = set().union(*(_touched_patches(inputs, roi, s, grid) for s in shapes))
         hits.append(tuple(result.record["ct_peak_patch"]) in touched)
         chances.append(len(touched) / int(np.prod(grid)))
     n = len(hits)
     return {
+        "finding": finding,
         "exams": n,
         "hits": int(sum(hits)),
         "rate": float(np.mean(hits)) if n else float("nan"),
@@ -143,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--site", required=True, help="generated site folder")
     e.add_argument("--preset")
     e.add_argument("--ct-method", choices=CT_METHODS, default="gradient")
+    e.add_argument("--finding", choices=sorted(FINDINGS), default="nodule")
     a = sub.add_parser("adapt", help="adaptation AUC vs baselines by labelled-set size")
     a.add_argument("--model", required=True)
     a.add_argument("--site-config", required=True)
@@ -162,7 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     loaded = load_model(args.model, preset=args.preset)
     if args.what == "explain":
-        found = nodule_overlap(loaded, Path(args.site), ct_method=args.ct_method)
+        found = finding_overlap(
+            loaded, Path(args.site), finding=args.finding, ct_method=args.ct_method
+        )
         print(json.dumps(found | {"ct_method": args.ct_method}, indent=1))
         return 0
     rows = adapt_curve(

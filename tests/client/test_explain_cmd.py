@@ -11,7 +11,7 @@ import torch
 
 from client.cli import main
 from client.evaluation.exam_input import load_ct_crops
-from client.evaluation.measure import nodule_overlap
+from client.evaluation.measure import _shapes, finding_overlap
 from client.evaluation.model_io import load_model
 from client.site_dataset import load_manifest
 from m3fm_model import preset_config
@@ -86,9 +86,26 @@ def test_crop_geometry_puts_generated_nodules_where_the_crop_is_bright(site) -> 
 
 
 def test_nodule_overlap_measurement_runs(site, ckpt) -> None:
-    got = nodule_overlap(load_model(ckpt), site.path.parent)
+    got = finding_overlap(load_model(ckpt), site.path.parent)
+    assert got["finding"] == "nodule"
     assert got["exams"] >= 1 and 0 <= got["hits"] <= got["exams"]
     assert 0 < got["chance"] < 0.2
+
+
+def test_measured_shapes_follow_the_truth_file() -> None:
+    exam = {
+        "findings": {
+            "nodules": [{"center_voxel": [1, 2, 3], "diameter_mm": 6.0}],
+            "consolidation": [
+                {"center_voxel": [4, 5, 6], "radii_mm": [10, 12, 14]},
+                {"center_voxel": [7, 8, 9], "radii_mm": [11, 13, 15]},
+            ],
+        }
+    }
+    assert _shapes(exam, "nodule", 4.0) == [([1, 2, 3], (3.0, 3.0, 3.0))]
+    assert _shapes(exam, "nodule", 8.0) == []  # below the task's threshold
+    assert [c for c, _ in _shapes(exam, "consolidation", 4.0)] == [[4, 5, 6], [7, 8, 9]]
+    assert _shapes({"findings": {}}, "consolidation", 4.0) == []
 
 
 def test_cli_offers_exactly_the_models_ct_methods() -> None:
