@@ -6,6 +6,10 @@ consolidation (for the consolidation answer), and how often a patch drawn at ran
 would (chance). Run as ``python -m client.evaluation.measure explain --model CKPT
 --site DIR [--finding consolidation]``.
 
+``finding_labels``: labels of a generated finding other than the held-out one
+(``severe_emphysema``), for ``adapt``: ``python -m client.evaluation.measure labels
+--site DIR --finding severe_emphysema --out L.csv``.
+
 ``adapt_curve``: the adaptation's cross-validated AUC against both baselines for
 several numbers of labelled exams (each drawn several times), as in the README:
 ``python -m client.evaluation.measure adapt --model CKPT --site-config X.toml
@@ -113,6 +117,27 @@ def finding_overlap(
     }
 
 
+def finding_labels(site_dir: Path, finding: str, threshold: float) -> list[dict]:
+    """Rows (patient_id, exam_id, label) of a generated finding, from ``truth.json``.
+
+    ``severe_emphysema``: the rendered emphysema fraction (share of lung at or below
+    -950 HU) is at least ``threshold``. It is a grade of a pretraining target, so
+    the adaptation can test transfer from what the 12 tasks taught, where cardiomegaly
+    (``heldout_labels.csv``) tests a finding none of them needs.
+    """
+    if finding != "severe_emphysema":
+        raise ValueError(f"unknown finding {finding!r}; known: severe_emphysema")
+    truth = json.loads((site_dir / "truth.json").read_text())
+    return [
+        {
+            "patient_id": e["patient_id"],
+            "exam_id": e["exam_id"],
+            finding: int(e["findings"]["emphysema_fraction"] >= threshold),
+        }
+        for e in truth["exams"]
+    ]
+
+
 def adapt_curve(
     loaded: LoadedModel,
     site_config: Path,
@@ -169,6 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--preset")
     e.add_argument("--ct-method", choices=CT_METHODS, default="gradient")
     e.add_argument("--finding", choices=sorted(FINDINGS), default="nodule")
+    lab = sub.add_parser("labels", help="write a generated finding's labels (CSV)")
+    lab.add_argument("--site", required=True, help="generated site folder")
+    lab.add_argument("--finding", choices=["severe_emphysema"], required=True)
+    lab.add_argument("--threshold", type=float, default=0.10)
+    lab.add_argument("--out", required=True)
     a = sub.add_parser("adapt", help="adaptation AUC vs baselines by labelled-set size")
     a.add_argument("--model", required=True)
     a.add_argument("--site-config", required=True)
@@ -183,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--fusion-steps", type=int, default=150)
     a.add_argument("--preset")
     args = parser.parse_args(argv)
+    if args.what == "labels":
+        import pandas as pd
+
+        rows = finding_labels(Path(args.site), args.finding, args.threshold)
+        pd.DataFrame(rows).to_csv(args.out, index=False)
+        positives = sum(r[args.finding] for r in rows)
+        print(f"{args.out}: {len(rows)} exams, {positives} positive")
+        return 0
     import torch
 
     torch.set_num_threads(1)

@@ -278,3 +278,22 @@ def test_adapt_train_fusion_saves_the_fusion(site, ckpt, tmp_path, capsys) -> No
         torch.equal(saved[k], base[k]) for k in base if k.startswith("task_attention.")
     )
     assert all(torch.equal(head[k], saved[k]) for k in head)
+
+
+def test_severe_emphysema_labels_follow_the_truth_and_join_the_site(
+    site, ckpt, tmp_path
+) -> None:
+    from client.evaluation.measure import main as measure_main
+
+    root = site.path.parent
+    out = tmp_path / "severe.csv"
+    assert measure_main(["labels", "--site", str(root), "--finding",
+                         "severe_emphysema", "--threshold", "0.05", "--out", str(out)]) == 0  # fmt: skip
+    table = pd.read_csv(out)
+    truth = json.loads((root / "truth.json").read_text())
+    frac = {e["exam_id"]: e["findings"]["emphysema_fraction"] for e in truth["exams"]}
+    expected = (table["exam_id"].map(frac) >= 0.05).astype(int)
+    assert (table["severe_emphysema"] == expected).all() and len(table) == len(frac)
+    task = load_new_task(EXAMPLE.parent / "new_task_severe_emphysema.toml")
+    data = load_labelled_exams(task, out, load_manifest(site, load_model(ckpt).preset))
+    assert len(data.labels) >= 10 and set(data.labels.tolist()) <= {0, 1}
