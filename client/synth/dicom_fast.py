@@ -12,6 +12,7 @@ writes for the same dataset (``tests/client/test_dicom_fast.py`` compares them).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -76,8 +77,8 @@ class SeriesTemplate:
         if missing:
             raise ValueError(f"slice values lack the varying tags {missing}")
         meta = FileMetaDataset()
-        for elem in self.meta:
-            meta.add(elem)  # shares the constant values; the UID is replaced below
+        for elem in self.meta:  # copies: writing sets the group length and the UID
+            meta.add(copy.copy(elem))
         if "SOPInstanceUID" in values:
             meta.MediaStorageSOPInstanceUID = values.SOPInstanceUID
         fp = _buffer()

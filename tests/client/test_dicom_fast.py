@@ -88,3 +88,18 @@ def test_missing_slice_value_is_refused():
     # Execute / Assert
     with pytest.raises(ValueError, match="lack the varying tags"):
         template.encode(values)
+
+
+def test_encoding_leaves_the_header_untouched():
+    # Prepare: a header whose file meta already names an instance
+    scanner = get("hospital_b").scanner
+    header = series_header(GRID, STUDY, SERIES, scanner)
+    header.file_meta.MediaStorageSOPInstanceUID = "1.2.3.4"
+    before = [(e.tag, e.value) for e in header.file_meta]
+    template = SeriesTemplate(header, SLICE_VARYING)
+    values, _ = slice_values(_volume(), GRID, header, STUDY, SERIES, scanner, 0)
+    # Execute
+    got = pydicom.dcmread(BytesIO(template.encode(values)))
+    # Assert
+    assert got.file_meta.MediaStorageSOPInstanceUID == values.SOPInstanceUID
+    assert [(e.tag, e.value) for e in header.file_meta] == before
