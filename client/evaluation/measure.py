@@ -84,8 +84,8 @@ def finding_overlap(
         loaded: The model.
         site_dir: A folder written by ``client.synth.synthesize_site``.
         finding: "nodule" (the largest, asked with the nodule-presence question on
-            the lung crop) or "consolidation" (every patch, the consolidation
-            question on the chest crop).
+            the lung crop) or "consolidation" (a hit on any of the exam's
+            consolidations, the consolidation question on the chest crop).
         min_diameter_mm: Smallest nodule counted (the task's threshold).
         ct_method: CT relevance method of ``explain`` ("gradient" or "rollout").
 
