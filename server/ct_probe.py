@@ -29,14 +29,14 @@ import torch
 from client.cache import ExamCache
 from client.site_config import SiteConfig, load_site_config
 from client.site_dataset import SiteDataset, default_tokenizer, load_manifest
-from client.train import TrainConfig, train_one_round
+from client.train import TrainConfig
 from m3fm_model import build_model
 from m3fm_model.config import preset_config
 from m3fm_model.pretrained import INIT_CHOICES, check_init, load_encoders
 from m3fm_model.tasks import TASKS, AnswerKind
 
 from .comparison import PooledCache
-from .pretrain import headline
+from .pretrain import headline, train_in_chunks
 
 PERCENTILES = (1, 5, 10, 25, 50, 75, 90, 95, 99)
 
@@ -127,17 +127,11 @@ def run_probe(
         scope="all", lr=lr, local_steps=every, batch_size=batch_size, seed=seed,
         dp=False, device="cpu", threads=threads,
     )  # fmt: skip
-    curve, done = [], 0
-    while done < steps:
-        res = train_one_round(
-            model, train, cfg, None, run_id="ct-probe", server_round=done // every + 1
-        )
-        done += every
+    curve = []
+    for done, loss in train_in_chunks(model, train, cfg, steps, "ct-probe"):
         auc = headline(model, held_out).get(task, math.nan)
-        curve.append(
-            {"step": done, "train_loss": res.metrics.get("train-loss"), "auc": auc}
-        )
-        print(f"step {done}: train loss {curve[-1]['train_loss']:.3f}, AUC {auc:.3f}")
+        curve.append({"step": done, "train_loss": loss, "auc": auc})
+        print(f"step {done}: train loss {loss:.3f}, AUC {auc:.3f}", flush=True)
     return {
         "task": task, "preset": preset, "init": init, "lr": lr,
         "batch_size": batch_size, "train_exams": len(train),

@@ -22,7 +22,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -99,15 +99,9 @@ def pretrain(
         modality_dropout=0.2, dp=False, device="cpu", threads=threads,
     )  # fmt: skip
     history, done = [], 0
-    while done < steps:
-        res = train_one_round(
-            model, train, cfg, None, run_id="pretrain", server_round=done // chunk + 1
-        )
-        done += chunk
+    for done, loss in train_in_chunks(model, train, cfg, steps, "pretrain"):
         scores = headline(model, val)
-        history.append(
-            {"step": done, "loss": res.metrics.get("train-loss"), "val": scores}
-        )
+        history.append({"step": done, "loss": loss, "val": scores})
         print(
             f"step {done}: loss {history[-1]['loss']:.3f} val {scores}",
             flush=True,
@@ -118,6 +112,24 @@ def pretrain(
         "history": history,
     }  # fmt: skip
     return model, meta
+
+
+def train_in_chunks(
+    model: M3FM, data: SiteDataset, cfg: TrainConfig, steps: int, run_id: str
+) -> Iterator[tuple[int, float | None]]:
+    """Train without DP in rounds of ``cfg.local_steps`` until ``steps`` are done.
+
+    Yields (steps done, the round's training loss) after every round, so the caller
+    can score the model in between.
+    """
+    done = 0
+    while done < steps:
+        res = train_one_round(
+            model, data, cfg, None, run_id=run_id,
+            server_round=done // cfg.local_steps + 1,
+        )  # fmt: skip
+        done += cfg.local_steps
+        yield done, res.metrics.get("train-loss")
 
 
 def encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
