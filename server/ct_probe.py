@@ -31,7 +31,7 @@ from client.site_config import SiteConfig, load_site_config
 from client.site_dataset import SiteDataset, default_tokenizer, load_manifest
 from client.train import TrainConfig
 from m3fm_model import build_model
-from m3fm_model.config import preset_config
+from m3fm_model.config import PRESETS, preset_config
 from m3fm_model.pretrained import INIT_CHOICES, check_init, load_encoders
 from m3fm_model.tasks import TASKS, AnswerKind
 
@@ -107,14 +107,14 @@ def run_probe(
     lr: float = 1e-3,
     batch_size: int = 16,
     init: str = "none",
+    preset: str = "tiny",
     seed: int = 0,
     threads: int = 2,
 ) -> dict[str, Any]:
     """Train the CT-only model and score it and the baseline; returns the record."""
     if TASKS[task].answer_kind is not AnswerKind.BINARY:
         raise ValueError(f"the probe scores binary tasks by AUC; {task!r} is not one")
-    preset = "tiny"
-    train = ct_only_dataset(train_sites, task, preset, modality_dropout=0.0, seed=seed)
+    train = ct_only_dataset(train_sites, task, preset, seed=seed)
     held_out = ct_only_dataset(eval_sites, task, preset, augment=False)
     if not len(train) or not len(held_out):
         raise ValueError(
@@ -151,6 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--init", default="none", choices=INIT_CHOICES)
+    p.add_argument("--preset", default="tiny", choices=PRESETS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, help="write the record as JSON here")
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         [load_site_config(c) for c in args.train],
         [load_site_config(c) for c in args.eval],
         task=args.task, steps=args.steps, every=args.every, lr=args.lr,
-        batch_size=args.batch_size, init=args.init, seed=args.seed,
+        batch_size=args.batch_size, init=args.init, preset=args.preset, seed=args.seed,
         threads=args.threads,
     )  # fmt: skip
     text = json.dumps(record, indent=1)

@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -85,6 +86,19 @@ def _one_thread() -> None:
     torch.set_num_threads(1)
 
 
+def _ensure_all(data_dir: Path, workers: int) -> Iterator[list[str]]:
+    """``_ensure_one`` for every demo hospital, in order, in ``workers`` processes."""
+    columns = zip(*((data_dir, *site) for site in DEMO_SITES), strict=True)
+    if workers <= 1:
+        yield from map(_ensure_one, *columns)
+        return
+    context = multiprocessing.get_context("spawn")  # no forked torch threads
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_one_thread
+    ) as pool:
+        yield from pool.map(_ensure_one, *columns)
+
+
 def ensure_sites(data_dir: Path, workers: int = 1) -> list[Path]:
     """Generate and prepare the demo hospitals that are missing or out of date.
 
@@ -96,19 +110,9 @@ def ensure_sites(data_dir: Path, workers: int = 1) -> list[Path]:
     Returns:
         The site configs.
     """
-    jobs = [(data_dir, name, patients, seed) for name, patients, seed in DEMO_SITES]
-    if workers <= 1:
-        for said in (_ensure_one(*job) for job in jobs):
-            for line in said:
-                _say(line)
-    else:
-        context = multiprocessing.get_context("spawn")  # no forked torch threads
-        with ProcessPoolExecutor(
-            workers, mp_context=context, initializer=_one_thread
-        ) as pool:
-            for said in pool.map(_ensure_one, *zip(*jobs, strict=True)):
-                for line in said:
-                    _say(line)
+    for said in _ensure_all(data_dir, workers):
+        for line in said:
+            _say(line)
     return [ROOT / "site_configs" / f"{name}.toml" for name, _, _ in DEMO_SITES]
 
 

@@ -40,6 +40,10 @@ FINDINGS = {
 }
 
 
+# generated findings ``finding_labels`` writes labels of
+LABELLED_FINDINGS = ("severe_emphysema",)
+
+
 def _shapes(exam: dict[str, Any], finding: str, min_diameter_mm: float) -> list:
     """(centre voxel, semi-axes in mm) of the exam's generated finding, [] if none."""
     if finding == "nodule":
@@ -125,8 +129,8 @@ def finding_labels(site_dir: Path, finding: str, threshold: float) -> list[dict]
     the adaptation can test transfer from what the 12 tasks taught, where cardiomegaly
     (``heldout_labels.csv``) tests a finding none of them needs.
     """
-    if finding != "severe_emphysema":
-        raise ValueError(f"unknown finding {finding!r}; known: severe_emphysema")
+    if finding not in LABELLED_FINDINGS:
+        raise ValueError(f"unknown finding {finding!r}; known: {LABELLED_FINDINGS}")
     truth = json.loads((site_dir / "truth.json").read_text())
     return [
         {
@@ -196,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--finding", choices=sorted(FINDINGS), default="nodule")
     lab = sub.add_parser("labels", help="write a generated finding's labels (CSV)")
     lab.add_argument("--site", required=True, help="generated site folder")
-    lab.add_argument("--finding", choices=["severe_emphysema"], required=True)
+    lab.add_argument("--finding", choices=LABELLED_FINDINGS, required=True)
     lab.add_argument("--threshold", type=float, default=0.10)
     lab.add_argument("--out", required=True)
     a = sub.add_parser("adapt", help="adaptation AUC vs baselines by labelled-set size")

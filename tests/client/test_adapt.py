@@ -287,8 +287,8 @@ def test_severe_emphysema_labels_follow_the_truth_and_join_the_site(
 
     root = site.path.parent
     out = tmp_path / "severe.csv"
-    assert measure_main(["labels", "--site", str(root), "--finding",
-                         "severe_emphysema", "--threshold", "0.05", "--out", str(out)]) == 0  # fmt: skip
+    args = ["labels", "--site", str(root), "--finding", "severe_emphysema"]
+    assert measure_main([*args, "--threshold", "0.05", "--out", str(out)]) == 0
     table = pd.read_csv(out)
     truth = json.loads((root / "truth.json").read_text())
     frac = {e["exam_id"]: e["findings"]["emphysema_fraction"] for e in truth["exams"]}
