@@ -37,7 +37,7 @@ import numpy as np
 
 from client.dicom_types import CTVolume
 from client.preprocess import CropSpec, preprocess_exam, preprocessing_fingerprint
-from client.roi import Box
+from client.roi import Box, box_region
 
 logger = logging.getLogger(__name__)
 
@@ -278,7 +278,9 @@ def cached_crops(
     boxes = dict(boxes or {})
     keys = {
         s.roi: CacheKey.for_spec(
-            volume.content_hash, s, salt="site-box" if s.roi in boxes else ""
+            volume.content_hash,
+            s,
+            salt="site-box" if box_region(s.roi) in boxes else "",
         )
         for s in specs
     }

@@ -28,7 +28,7 @@ from monai.transforms import (
 
 from client import roi
 from client.dicom_types import CTVolume
-from client.roi import Box, find_boxes
+from client.roi import Box, box_region, find_boxes
 
 logger = logging.getLogger(__name__)
 
@@ -205,7 +205,8 @@ def preprocess_exam(
     """Crop every ROI of ``specs`` from one volume.
 
     Site-supplied ``boxes`` win; the others are found once with
-    ``client.roi.find_boxes``.
+    ``client.roi.find_boxes``. An ROI cut from another ROI's box (``box_region``,
+    e.g. the parenchyma from the lung box) uses that box.
 
     Args:
         volume: Canonical HU volume.
@@ -220,12 +221,14 @@ def preprocess_exam(
         client.roi.ROINotFoundError: When an automatic ROI cannot be found.
     """
     chosen = dict(boxes or {})
-    missing = [s.roi for s in specs if s.roi not in chosen]
+    regions = {s.roi: box_region(s.roi) for s in specs}
+    missing = sorted({r for r in regions.values() if r not in chosen})
     if missing:
         found = find_boxes(volume.hu, volume.spacing_mm, missing, margin_mm=margin_mm)
         chosen.update(found)
     crops = {}
     for spec in specs:
-        crop, spacing = crop_roi(volume, chosen[spec.roi], spec)
-        crops[spec.roi] = RoiCrop(crop, spacing, chosen[spec.roi])  # type: ignore[arg-type]
+        box = chosen[regions[spec.roi]]
+        crop, spacing = crop_roi(volume, box, spec)
+        crops[spec.roi] = RoiCrop(crop, spacing, box)  # type: ignore[arg-type]
     return crops

@@ -27,6 +27,8 @@ MIN_LUNG_ML = 100.0  # below this no lungs are considered found
 SECOND_LUNG_FRACTION = 0.25  # a 2nd air component this size of the 1st is a lung
 AIRWAY_AREA_FRACTION = 0.03  # small midline 2-D components are trachea/bronchi
 MIN_HEART_ML = 20.0
+# ROIs cut from another ROI's box (in their own HU window).
+BOX_OF_ROI = {"parenchyma": "lung"}
 _SIX = ndimage.generate_binary_structure(3, 1)
 
 
@@ -327,6 +329,11 @@ def find_heart_box(
         small_lungs = lungs[:: strides[0], :: strides[1], :: strides[2]]
     box = _heart_small_box(small, small_lungs, small_spacing)
     return _full_box(box, strides, hu, spacing, margin_mm)
+
+
+def box_region(roi: str) -> str:
+    """The ROI whose box ``roi`` is cut from (itself unless in ``BOX_OF_ROI``)."""
+    return BOX_OF_ROI.get(roi, roi)
 
 
 def find_boxes(

@@ -188,6 +188,7 @@ AUTHORS_ROI_CROPS = (
     ("lung", (128, 448, 320)),
     ("heart", (128, 192, 224)),
     ("chest", (128, 320, 448)),
+    ("parenchyma", (128, 448, 320)),
 )
 
 TINY_SCALES = (
@@ -198,6 +199,7 @@ TINY_ROI_CROPS = (
     ("lung", (32, 64, 64)),
     ("heart", (32, 48, 48)),
     ("chest", (32, 64, 64)),
+    ("parenchyma", (32, 64, 64)),
 )
 
 

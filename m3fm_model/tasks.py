@@ -33,11 +33,20 @@ class AnswerKind(enum.StrEnum):
     NUMBER3 = "number3"
 
 
-ROIS: tuple[str, ...] = ("lung", "heart", "chest", "none")
+ROIS: tuple[str, ...] = ("lung", "heart", "chest", "parenchyma", "none")
 
 # HU clipping window per CT region of interest, (low, high); "none" has no CT input.
+# "parenchyma" is the lung box in a lung-density window: emphysema (<= -950 HU) is
+# 100 HU from normal lung, 0.14 of the [-1, 1] range in the chest window, and the
+# tiny preset never resolved it there (CT-only AUC 0.50 on unseen sites); in this
+# window it reaches 0.93 (docs/site-evaluation.md, "The CT path").
 HU_WINDOWS: Mapping[str, tuple[float, float]] = types.MappingProxyType(
-    {"lung": (-1300.0, 150.0), "heart": (-135.0, 225.0), "chest": (-1000.0, 400.0)}
+    {
+        "lung": (-1300.0, 150.0),
+        "heart": (-135.0, 225.0),
+        "chest": (-1000.0, 400.0),
+        "parenchyma": (-1000.0, -700.0),
+    }
 )
 
 _BINARY_CLASSES = ("no", "yes")
@@ -299,8 +308,8 @@ _CANCER_RISK = TaskSpec(
 )
 
 
-def _chest(name: str, description: str, *qs: str) -> TaskSpec:
-    return _binary(name, "chest_abnormality", "chest", description, *qs)
+def _chest(name: str, description: str, *qs: str, roi: str = "chest") -> TaskSpec:
+    return _binary(name, "chest_abnormality", roi, description, *qs)
 
 
 _CHEST_TASKS = (
@@ -351,6 +360,7 @@ _CHEST_TASKS = (
         "Does the CT show emphysematous changes?",
         "Is pulmonary emphysema visible on the scan?",
         "Are there signs of emphysema in the lungs?",
+        roi="parenchyma",
     ),
     _chest(
         "fibrosis",

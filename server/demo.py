@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from client.prepare import manifest_path, prepare_site
+from client.prepare import manifest_is_current, manifest_path, prepare_site
 from client.site_config import load_site_config
 from client.synth import synthesize_site
 from client.synth.profiles import get
@@ -70,7 +70,7 @@ def _ensure_one(data_dir: Path, name: str, patients: int, seed: int) -> list[str
             f"generated {name}: {patients} patients in {time.monotonic() - start:.0f} s"
         )
     cfg = load_site_config(ROOT / "site_configs" / f"{name}.toml")
-    if manifest_path(cfg, "tiny").exists():
+    if manifest_is_current(cfg, "tiny"):
         said.append(f"{name}: already prepared ({manifest_path(cfg, 'tiny')})")
     else:
         index, _ = prepare_site(cfg, preset="tiny")

@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from client.metrics import flatten_for_reply, task_metrics
-from client.prepare import manifest_path, prepare_site
+from client.prepare import manifest_is_current, prepare_site
 from client.runtime import seeded_model
 from client.site_config import SiteConfig, load_site_config
 from client.site_dataset import SiteDataset
@@ -51,7 +51,7 @@ def _one_site(profile: str, seed: int, patients: int, folder: Path) -> Path:
     if not config.exists():
         synthesize_site(profile, folder, patients=patients, seed=seed, faults=False)
     cfg = load_site_config(config)
-    if not manifest_path(cfg, "tiny").exists():
+    if not manifest_is_current(cfg, "tiny"):
         prepare_site(cfg, preset="tiny")
     return config
 

@@ -17,6 +17,7 @@ from client.preprocess import (
     preprocessing_fingerprint,
 )
 from client.roi import Box, ROINotFoundError
+from m3fm_model.tasks import HU_WINDOWS
 
 from .dicom_fixtures import make_phantom
 
@@ -85,6 +86,22 @@ def test_preprocess_exam_finds_or_takes_boxes(volume):
     given = Box((2, 5, 5), (18, 35, 35))
     out = preprocess_exam(soft, [LUNG], boxes={"lung": given})
     assert out["lung"].box == given and out["lung"].crop.shape == (1, 16, 48, 32)
+
+
+def test_parenchyma_is_the_lung_box_in_its_own_window(volume):
+    parenchyma = CropSpec("parenchyma", (16, 48, 32), HU_WINDOWS["parenchyma"])
+    crops = preprocess_exam(volume, [LUNG, parenchyma])
+    assert crops["parenchyma"].box == crops["lung"].box
+    # The same resized voxels as the lung crop, only windowed to -1000..-700 HU.
+    hu = (crops["lung"].crop + 1) / 2 * 1450 - 1300
+    low, high = HU_WINDOWS["parenchyma"]
+    expected = (hu.clip(low, high) - low) / (high - low) * 2 - 1
+    np.testing.assert_allclose(crops["parenchyma"].crop, expected, atol=1e-4)
+    assert (crops["parenchyma"].crop > -1).mean() > 0.05  # lung voxels in range
+    soft = CTVolume(np.full((20, 40, 40), 40.0, np.float32), (5, 3, 3), "P", "E", "1")
+    given = Box((2, 5, 5), (18, 35, 35))
+    out = preprocess_exam(soft, [parenchyma], boxes={"lung": given})
+    assert out["parenchyma"].box == given
 
 
 def test_bad_arguments_raise(volume):

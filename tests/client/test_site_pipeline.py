@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
+import m3fm_model.tasks as tasks_module
+from client import site_index
 from client.cli import main
-from client.prepare import manifest_path
+from client.prepare import manifest_is_current, manifest_path
 from client.site_config import load_site_config
 from client.site_index import SPLITS
 
@@ -103,7 +105,7 @@ def test_manifest_split_has_no_patient_in_two_splits(site):
         assert split_of.setdefault(e["patient_id"], e["split"]) == e["split"]
     with_ct = [e for e in exams if e["crops"]]
     assert with_ct and all(
-        set(e["crops"]) == {"lung", "heart", "chest"} for e in with_ct
+        set(e["crops"]) == {"lung", "heart", "chest", "parenchyma"} for e in with_ct
     )
 
 
@@ -149,6 +151,16 @@ def test_second_prepare_reuses_the_cache(site, capsys):
         p.stat().st_mtime_ns for p in (out / "cache" / "crops").rglob("*.npy")
     )
     assert crops == again
+
+
+def test_manifest_is_current_until_the_crops_change(site, monkeypatch):
+    out, _, _ = site
+    cfg = load_site_config(out / "site.toml")
+    assert manifest_is_current(cfg, "tiny")
+    windows = dict(tasks_module.HU_WINDOWS, parenchyma=(-1000.0, -650.0))
+    monkeypatch.setattr(site_index, "HU_WINDOWS", windows)
+    assert not manifest_is_current(cfg, "tiny")
+    assert not manifest_is_current(cfg, "base")  # never prepared
 
 
 def test_clear_errors_for_bad_config_and_empty_folder(tmp_path, capsys):

@@ -169,7 +169,7 @@ def test_corrupt_cache_entry_is_detected_skipped_and_rebuilt(site, caplog):
     cfg = load_site_config(site)
     crops = site.parent / "cache" / "crops"
     before = _files(crops)
-    victim = sorted(crops.rglob("*.npy"))[0]
+    victim = sorted((crops / "lung").rglob("*.npy"))[0]  # read by its nodule tasks
     raw = bytearray(victim.read_bytes())
     raw[-10] ^= 0xFF
     victim.write_bytes(bytes(raw))
