@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 from scipy import ndimage
@@ -28,7 +29,7 @@ SECOND_LUNG_FRACTION = 0.25  # a 2nd air component this size of the 1st is a lun
 AIRWAY_AREA_FRACTION = 0.03  # small midline 2-D components are trachea/bronchi
 MIN_HEART_ML = 20.0
 # ROIs cut from another ROI's box (in their own HU window).
-BOX_OF_ROI = {"parenchyma": "lung"}
+BOX_OF_ROI: Mapping[str, str] = MappingProxyType({"parenchyma": "lung"})
 _SIX = ndimage.generate_binary_structure(3, 1)
 
 
