@@ -32,23 +32,6 @@ def manifest_path(cfg: SiteConfig, preset: str) -> Path:
     return cfg.cache_dir / f"manifest-{preset}.json"
 
 
-def manifest_is_current(cfg: SiteConfig, preset: str) -> bool:
-    """Whether the preset's manifest exists and was written for its current crops.
-
-    False after a change of the preset's ROIs, crop sizes or windows (the manifest's
-    fingerprint differs), so callers that skip prepared sites prepare it again;
-    crops that did not change come from the cache.
-    """
-    path = manifest_path(cfg, preset)
-    if not path.exists():
-        return False
-    try:
-        stored = json.loads(path.read_text(encoding="utf-8")).get("fingerprint")
-    except (OSError, ValueError):
-        return False
-    return stored == preprocessing_fingerprint(crop_specs(preset_config(preset)))
-
-
 def _label_json(value: object) -> object:
     return asdict(value) if isinstance(value, HazardTarget) else value
 

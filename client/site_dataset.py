@@ -101,6 +101,21 @@ def load_manifest(cfg: SiteConfig, preset: str) -> list[dict[str, Any]]:
     return exams
 
 
+def manifest_is_current(cfg: SiteConfig, preset: str) -> bool:
+    """Whether ``load_manifest`` would accept the site's manifest for ``preset``.
+
+    False when it is missing, unreadable or stale (another preprocessing, e.g. a
+    change of the preset's ROIs, crop sizes or windows, site or task list), so
+    callers that skip prepared sites prepare it again; crops that did not change
+    come from the cache.
+    """
+    try:
+        load_manifest(cfg, preset)
+    except ManifestError:
+        return False
+    return True
+
+
 @functools.cache
 def default_tokenizer() -> TextTokenizer:
     """The shipped clinical tokenizer, loaded once per process on first use."""

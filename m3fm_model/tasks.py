@@ -39,7 +39,7 @@ ROIS: tuple[str, ...] = ("lung", "heart", "chest", "parenchyma", "none")
 # "parenchyma" is the lung box in a lung-density window: emphysema (<= -950 HU) is
 # 100 HU from normal lung, 0.14 of the [-1, 1] range in the chest window, and the
 # tiny preset never resolved it there (CT-only AUC 0.50 on unseen sites); in this
-# window it reaches 0.93 (docs/site-evaluation.md, "The CT path").
+# window it reaches 0.86-0.90 (docs/site-evaluation.md, "The CT path").
 HU_WINDOWS: Mapping[str, tuple[float, float]] = types.MappingProxyType(
     {
         "lung": (-1300.0, 150.0),

@@ -19,8 +19,9 @@ from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from client.prepare import manifest_is_current, manifest_path, prepare_site
+from client.prepare import manifest_path, prepare_site
 from client.site_config import load_site_config
+from client.site_dataset import manifest_is_current
 from client.synth import synthesize_site
 from client.synth.profiles import get
 from client.synth.site import GENERATOR_VERSION

@@ -29,10 +29,10 @@ from pathlib import Path
 import torch
 
 from client.metrics import flatten_for_reply, task_metrics
-from client.prepare import manifest_is_current, prepare_site
+from client.prepare import prepare_site
 from client.runtime import seeded_model
 from client.site_config import SiteConfig, load_site_config
-from client.site_dataset import SiteDataset
+from client.site_dataset import SiteDataset, manifest_is_current
 from client.synth import synthesize_site
 from client.train import TrainConfig, predict_split, train_one_round
 from m3fm_model import M3FM

@@ -8,8 +8,9 @@ import pytest
 import m3fm_model.tasks as tasks_module
 from client import site_index
 from client.cli import main
-from client.prepare import manifest_is_current, manifest_path
+from client.prepare import manifest_path
 from client.site_config import load_site_config
+from client.site_dataset import manifest_is_current
 from client.site_index import SPLITS
 
 
