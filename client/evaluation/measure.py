@@ -3,8 +3,12 @@
 ``finding_overlap``: how often the CT region that ``explain`` ranks first (the patch of
 highest relevance) overlaps the generated nodule (for the nodule-presence answer) or
 consolidation (for the consolidation answer), and how often a patch drawn at random
-would (chance). Run as ``python -m client.evaluation.measure explain --model CKPT
---site DIR [--finding consolidation]``.
+would (chance). Only a finding-driven answer can point at the finding, so each exam is
+also answered with the finding painted over (its voxels, one voxel beyond its radius,
+set to the median of a shell around it): an answer is finding-driven when that lowers
+P(yes) by at least ``--driven-drop``, and hits are counted among those answers too.
+Run as ``python -m client.evaluation.measure explain --model CKPT --site DIR
+[--finding consolidation]``.
 
 ``finding_labels``: labels of a generated finding other than the held-out one
 (``severe_emphysema``), for ``adapt``: ``python -m client.evaluation.measure labels
@@ -25,12 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from m3fm_model.explain import CT_METHODS
 
 from .exam_input import ExamInputs, load_ct_crops
 from .explain_cmd import explain_exam
 from .model_io import LoadedModel, load_model
+from .predict import predict_exam
 
 NODULE_QUESTION = "Is there a lung nodule of at least 4 mm?"
 # finding -> (the crop its task reads, the question asked)
@@ -57,14 +63,62 @@ def _shapes(exam: dict[str, Any], finding: str, min_diameter_mm: float) -> list:
     ]
 
 
+def _in_crop(
+    inputs: ExamInputs, roi: str, shape: tuple
+) -> tuple[np.ndarray, np.ndarray]:
+    """Centre (crop voxels) and semi-axes (crop voxels) of a (centre voxel, mm) shape."""
+    spacing = np.array(inputs.crops[roi][1])
+    centre = np.array(inputs.geometry[roi].to_crop(tuple(shape[0])))
+    return centre, np.array(shape[1], dtype=float) / spacing
+
+
+def paint_over(
+    crop: torch.Tensor,
+    ellipsoids: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    margin: float = 1.0,
+    shell: float = 2.0,
+) -> torch.Tensor:
+    """The crop with each ellipsoid erased: its voxels set to the median around it.
+
+    Args:
+        crop: (1, S, H, W) crop.
+        ellipsoids: (centre, semi-axes), both in crop voxels.
+        margin: Voxels added to every semi-axis of the erased region (partial volume).
+        shell: Thickness in voxels of the shell whose median replaces it.
+
+    Returns:
+        A new crop; voxels outside the grown ellipsoids are unchanged.
+    """
+    out = crop.clone()
+    grids = np.meshgrid(*[np.arange(n) for n in crop.shape[1:]], indexing="ij")
+    for centre, axes in ellipsoids:
+        region = _ellipsoid(grids, centre, axes + margin)
+        ring = torch.from_numpy(
+            _ellipsoid(grids, centre, axes + margin + shell) & ~region
+        )
+        if region.any() and ring.any():
+            out[0][torch.from_numpy(region)] = float(out[0][ring].median())
+    return out
+
+
+def _ellipsoid(grids: list[np.ndarray], centre: np.ndarray, axes: np.ndarray) -> Any:
+    """Boolean mask of the voxels inside an axis-aligned ellipsoid."""
+    terms = (((g - c) / a) ** 2 for g, c, a in zip(grids, centre, axes, strict=True))
+    return sum(terms) <= 1
+
+
+def _p_yes(loaded: LoadedModel, inputs: ExamInputs, question: str) -> float:
+    _, record = predict_exam(loaded, inputs, question)
+    return float(record["answer"]["probabilities"]["yes"])
+
+
 def _touched_patches(
     inputs: ExamInputs, roi: str, shape: tuple, grid: tuple[int, ...]
 ) -> set[tuple[int, ...]]:
     """Patches of the ROI crop's grid that an ellipsoid (centre voxel, mm) touches."""
     geom = inputs.geometry[roi]
-    spacing = np.array(inputs.crops[roi][1])
-    centre = np.array(geom.to_crop(tuple(shape[0])))
-    radius = np.array(shape[1], dtype=float) / spacing  # crop voxels per axis
+    centre, radius = _in_crop(inputs, roi, shape)
     patch = np.array(geom.crop_size) // np.array(grid)
     axes = [np.linspace(-1, 1, 9)] * 3
     offsets = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
@@ -81,6 +135,7 @@ def finding_overlap(
     finding: str = "nodule",
     min_diameter_mm: float = 4.0,
     ct_method: str = "gradient",
+    driven_drop: float = 0.05,
 ) -> dict[str, Any]:
     """Top-patch overlap with a generated finding over a generated site's exams.
 
@@ -92,13 +147,17 @@ def finding_overlap(
             consolidations, the consolidation question on the chest crop).
         min_diameter_mm: Smallest nodule counted (the task's threshold).
         ct_method: CT relevance method of ``explain`` ("gradient" or "rollout").
+        driven_drop: Fall of P(yes), with the finding painted over, from which an
+            answer counts as finding-driven.
 
     Returns:
-        exams, hits, rate, chance (mean share of patches the finding touches).
+        exams, hits, rate, chance (mean share of patches the finding touches), the
+        median fall of P(yes) when the finding is painted over, and the same counts
+        over the finding-driven answers (``driven_*``).
     """
     roi, question = FINDINGS[finding]
     truth = json.loads((site_dir / "truth.json").read_text())
-    hits, chances = [], []
+    hits, chances, drops = [], [], []
     for exam in truth["exams"]:
         shapes = _shapes(exam, finding, min_diameter_mm)
         if not shapes or exam["faults"]:
@@ -111,13 +170,31 @@ def finding_overlap(
         touched = set().union(*(_touched_patches(inputs, roi, s, grid) for s in shapes))
         hits.append(tuple(result.record["ct_peak_patch"]) in touched)
         chances.append(len(touched) / int(np.prod(grid)))
-    n = len(hits)
+        erased = ExamInputs(dict(inputs.crops), geometry=inputs.geometry)
+        crop, spacing = inputs.crops[roi]
+        erased.crops[roi] = (
+            paint_over(crop, [_in_crop(inputs, roi, s) for s in shapes]),
+            spacing,
+        )
+        p_yes = float(result.record["answer"]["probabilities"]["yes"])
+        drops.append(p_yes - _p_yes(loaded, erased, question))
+    driven = [i for i, d in enumerate(drops) if d >= driven_drop]
     return {
         "finding": finding,
-        "exams": n,
-        "hits": int(sum(hits)),
-        "rate": float(np.mean(hits)) if n else float("nan"),
-        "chance": float(np.mean(chances)) if n else float("nan"),
+        **_counts("", hits, chances),
+        "median_drop": float(np.median(drops)) if drops else float("nan"),
+        "driven_drop": driven_drop,
+        **_counts("driven_", [hits[i] for i in driven], [chances[i] for i in driven]),
+    }
+
+
+def _counts(prefix: str, hits: list[bool], chances: list[float]) -> dict[str, Any]:
+    n = len(hits)
+    return {
+        f"{prefix}exams": n,
+        f"{prefix}hits": int(sum(hits)),
+        f"{prefix}rate": float(np.mean(hits)) if n else float("nan"),
+        f"{prefix}chance": float(np.mean(chances)) if n else float("nan"),
     }
 
 
@@ -198,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--preset")
     e.add_argument("--ct-method", choices=CT_METHODS, default="gradient")
     e.add_argument("--finding", choices=sorted(FINDINGS), default="nodule")
+    e.add_argument(
+        "--driven-drop", type=float, default=0.05,
+        help="fall of P(yes) with the finding painted over that makes an answer "
+        "finding-driven",
+    )  # fmt: skip
     lab = sub.add_parser("labels", help="write a generated finding's labels (CSV)")
     lab.add_argument("--site", required=True, help="generated site folder")
     lab.add_argument("--finding", choices=LABELLED_FINDINGS, required=True)
@@ -225,14 +307,13 @@ def main(argv: list[str] | None = None) -> int:
         positives = sum(r[args.finding] for r in rows)
         print(f"{args.out}: {len(rows)} exams, {positives} positive")
         return 0
-    import torch
-
     torch.set_num_threads(1)
     loaded = load_model(args.model, preset=args.preset)
     if args.what == "explain":
         found = finding_overlap(
-            loaded, Path(args.site), finding=args.finding, ct_method=args.ct_method
-        )
+            loaded, Path(args.site), finding=args.finding, ct_method=args.ct_method,
+            driven_drop=args.driven_drop,
+        )  # fmt: skip
         print(json.dumps(found | {"ct_method": args.ct_method}, indent=1))
         return 0
     rows = adapt_curve(

@@ -11,7 +11,7 @@ import torch
 
 from client.cli import main
 from client.evaluation.exam_input import load_ct_crops
-from client.evaluation.measure import _shapes, finding_overlap
+from client.evaluation.measure import _shapes, finding_overlap, paint_over
 from client.evaluation.model_io import load_model
 from client.site_dataset import load_manifest
 from m3fm_model import preset_config
@@ -86,10 +86,29 @@ def test_crop_geometry_puts_generated_nodules_where_the_crop_is_bright(site) -> 
 
 
 def test_nodule_overlap_measurement_runs(site, ckpt) -> None:
-    got = finding_overlap(load_model(ckpt), site.path.parent)
+    got = finding_overlap(load_model(ckpt), site.path.parent, driven_drop=-1.0)
     assert got["finding"] == "nodule"
     assert got["exams"] >= 1 and 0 <= got["hits"] <= got["exams"]
     assert 0 < got["chance"] < 0.2
+    assert np.isfinite(got["median_drop"]) and abs(got["median_drop"]) < 1
+    # every answer counts as driven when any fall (or rise) above -1 qualifies
+    assert got["driven_exams"] == got["exams"] and got["driven_hits"] == got["hits"]
+    assert got["driven_chance"] == pytest.approx(got["chance"])
+
+
+def test_paint_over_erases_the_ellipsoid_with_the_median_around_it() -> None:
+    crop = torch.zeros(1, 16, 16, 16)
+    crop[0, 5:12, 5:12, 5:12] = -0.4  # lung around the nodule
+    crop[0, 7:10, 7:10, 7:10] = 0.8  # a 3-voxel solid nodule
+    crop[0, 0, 0, 0] = 0.9  # a bright voxel far away
+    centre, axes = np.array([8.0, 8.0, 8.0]), np.array([1.5, 1.5, 1.5])
+    # Execute
+    erased = paint_over(crop, [(centre, axes)], margin=1.0, shell=1.0)
+    # Assert
+    assert torch.all(erased[0, 7:10, 7:10, 7:10] == -0.4)
+    assert erased[0, 0, 0, 0] == 0.9 and crop[0, 8, 8, 8] == 0.8  # input untouched
+    changed = (erased != crop)[0].nonzero().float()
+    assert ((changed - torch.tensor(centre).float()) ** 2).sum(1).max() <= 2.5**2
 
 
 def test_measured_shapes_follow_the_truth_file() -> None:
