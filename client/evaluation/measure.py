@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -108,8 +109,8 @@ def _ellipsoid(grids: list[np.ndarray], centre: np.ndarray, axes: np.ndarray) ->
     return sum(terms) <= 1
 
 
-def _p_yes(loaded: LoadedModel, inputs: ExamInputs, question: str) -> float:
-    _, record = predict_exam(loaded, inputs, question)
+def _p_yes(record: dict[str, Any]) -> float:
+    """P(yes) of a binary answer record (``predict_exam``, ``explain_exam``)."""
     return float(record["answer"]["probabilities"]["yes"])
 
 
@@ -170,14 +171,11 @@ def finding_overlap(
         touched = set().union(*(_touched_patches(inputs, roi, s, grid) for s in shapes))
         hits.append(tuple(result.record["ct_peak_patch"]) in touched)
         chances.append(len(touched) / int(np.prod(grid)))
-        erased = ExamInputs(dict(inputs.crops), geometry=inputs.geometry)
         crop, spacing = inputs.crops[roi]
-        erased.crops[roi] = (
-            paint_over(crop, [_in_crop(inputs, roi, s) for s in shapes]),
-            spacing,
-        )
-        p_yes = float(result.record["answer"]["probabilities"]["yes"])
-        drops.append(p_yes - _p_yes(loaded, erased, question))
+        painted = paint_over(crop, [_in_crop(inputs, roi, s) for s in shapes])
+        erased = replace(inputs, crops={**inputs.crops, roi: (painted, spacing)})
+        _, erased_record = predict_exam(loaded, erased, question)
+        drops.append(_p_yes(result.record) - _p_yes(erased_record))
     driven = [i for i, d in enumerate(drops) if d >= driven_drop]
     return {
         "finding": finding,
