@@ -147,9 +147,48 @@ def crop_roi(
         e * s / c
         for e, s, c in zip(extent, volume.spacing_mm, spec.crop_size, strict=True)
     )
-    chain = build_ct_transforms(spec, box, shape)
-    crop = chain(torch.from_numpy(volume.hu).unsqueeze(0))
+    if spec.roi in roi.MASKED_ROIS:
+        region = _outside_lungs_filled(volume, grown, spec.crop_size)
+        chain = build_ct_transforms(spec, Box((0, 0, 0), region.shape), region.shape)
+        crop = chain(torch.from_numpy(region).unsqueeze(0))
+    else:
+        chain = build_ct_transforms(spec, box, shape)
+        crop = chain(torch.from_numpy(volume.hu).unsqueeze(0))
     return np.ascontiguousarray(crop, dtype=np.float32), spacing  # type: ignore[return-value]
+
+
+def _outside_lungs_filled(
+    volume: CTVolume, grown: Box, crop_size: Sequence[int]
+) -> np.ndarray:
+    """The grown box's HU, every voxel outside the lung fields at the lungs' median.
+
+    The crop then shows only what lies in the lungs.
+
+    Chest wall, mediastinum and fluid next to the lungs are as bright as a nodule and,
+    cut into 8^3-voxel patches, look like one to the tiny preset's linear patch
+    embedding; with them gone a nodule is the only dense blob in a patch
+    (docs/site-evaluation.md, "The CT path").
+
+    Where the volume is smaller than ``crop_size`` the region is padded with that
+    median too.
+
+    Raises:
+        client.roi.ROINotFoundError: When no lung voxel lies in the box.
+    """
+    region = np.asarray(volume.hu[grown.to_slices()], dtype=np.float32)
+    keep = roi.lung_field_mask(volume.hu, volume.spacing_mm, grown)
+    if not keep.any():
+        raise roi.ROINotFoundError(
+            f"no lung voxel lies in the lung box {grown}; check the box supplied "
+            "for this exam"
+        )
+    fill = float(np.median(region[keep]))
+    region = np.where(keep, region, fill).astype(np.float32)
+    # Where the volume is smaller than the crop, pad like SpatialPad's "symmetric"
+    # (the larger half after), with the same density rather than air.
+    short = [max(c - n, 0) for n, c in zip(region.shape, crop_size, strict=True)]
+    pad = [(d // 2, d - d // 2) for d in short]
+    return np.pad(region, pad, constant_values=fill)
 
 
 def _roi_parameters() -> dict[str, object]:
@@ -163,6 +202,7 @@ def _roi_parameters() -> dict[str, object]:
         "SECOND_LUNG_FRACTION",
         "AIRWAY_AREA_FRACTION",
         "MIN_HEART_ML",
+        "LUNG_FIELD_CLOSING_MM",
     )
     return {name: getattr(roi, name) for name in names}
 

@@ -29,7 +29,13 @@ SECOND_LUNG_FRACTION = 0.25  # a 2nd air component this size of the 1st is a lun
 AIRWAY_AREA_FRACTION = 0.03  # small midline 2-D components are trachea/bronchi
 MIN_HEART_ML = 20.0
 # ROIs cut from another ROI's box (in their own HU window).
-BOX_OF_ROI: Mapping[str, str] = MappingProxyType({"parenchyma": "lung"})
+BOX_OF_ROI: Mapping[str, str] = MappingProxyType(
+    {"parenchyma": "lung", "lung_masked": "lung"}
+)
+# ROIs whose voxels outside the lung fields take the lungs' median density.
+MASKED_ROIS = frozenset({"lung_masked"})
+# In-plane closing radius that re-attaches nodules lying on the pleura to the lung.
+LUNG_FIELD_CLOSING_MM = 6.0
 _SIX = ndimage.generate_binary_structure(3, 1)
 
 
@@ -214,6 +220,55 @@ def lung_mask(hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     if n > 1 and counts[order[1]] >= SECOND_LUNG_FRACTION * counts[order[0]]:
         keep.append(order[1])
     return _remove_airways(np.isin(labels, keep))
+
+
+def _close_and_fill(lungs: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """Lungs plus what they enclose, slice by slice (see ``lung_field_mask``)."""
+    radius = [max(1, round(LUNG_FIELD_CLOSING_MM / s)) for s in spacing[1:]]
+    yy, xx = np.ogrid[-radius[0] : radius[0] + 1, -radius[1] : radius[1] + 1]
+    disk = ((yy / radius[0]) ** 2 + (xx / radius[1]) ** 2 <= 1.0)[None]
+    pad = ((0, 0), (radius[0], radius[0]), (radius[1], radius[1]))
+    closed = ndimage.binary_closing(np.pad(lungs, pad), structure=disk)
+    closed = closed[
+        :,
+        pad[1][0] : closed.shape[1] - pad[1][1],
+        pad[2][0] : closed.shape[2] - pad[2][1],
+    ]
+    in_plane = np.zeros((3, 3, 3), dtype=bool)
+    in_plane[1] = ndimage.generate_binary_structure(2, 1)
+    return ndimage.binary_fill_holes(closed | lungs, structure=in_plane)
+
+
+def lung_field_mask(
+    hu: np.ndarray, spacing: Sequence[float], box: Box | None = None
+) -> np.ndarray:
+    """The lung fields: both lungs with the nodules, vessels and consolidation in them.
+
+    The lung mask (``lung_mask``, on the strided volume) is closed in plane with a
+    disk of ``LUNG_FIELD_CLOSING_MM``, so a nodule on the pleura, which dents the
+    mask, is taken back in, and each axial slice's holes are filled. Pleural fluid
+    and the chest wall stay outside.
+
+    Args:
+        hu: (Z, Y, X) Hounsfield units.
+        spacing: Voxel spacing (z, y, x) in mm.
+        box: Return only this region of the mask (full resolution); whole volume
+            when None.
+
+    Returns:
+        Boolean mask of the box (nearest strided voxel).
+
+    Raises:
+        ROINotFoundError: When no lungs are found.
+    """
+    small, small_spacing, strides = _downsample(hu, spacing)
+    field = _close_and_fill(lung_mask(small, small_spacing), small_spacing)
+    box = box or Box((0, 0, 0), hu.shape)
+    index = [
+        np.arange(a, b) // s
+        for a, b, s in zip(box.start, box.stop, strides, strict=True)
+    ]
+    return field[np.ix_(*index)]
 
 
 def _downsample(

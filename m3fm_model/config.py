@@ -189,6 +189,7 @@ AUTHORS_ROI_CROPS = (
     ("heart", (128, 192, 224)),
     ("chest", (128, 320, 448)),
     ("parenchyma", (128, 448, 320)),
+    ("lung_masked", (128, 448, 320)),
 )
 
 TINY_SCALES = (
@@ -200,6 +201,7 @@ TINY_ROI_CROPS = (
     ("heart", (32, 48, 48)),
     ("chest", (32, 64, 64)),
     ("parenchyma", (32, 64, 64)),
+    ("lung_masked", (32, 64, 64)),
 )
 
 

@@ -33,19 +33,22 @@ class AnswerKind(enum.StrEnum):
     NUMBER3 = "number3"
 
 
-ROIS: tuple[str, ...] = ("lung", "heart", "chest", "parenchyma", "none")
+ROIS: tuple[str, ...] = ("lung", "heart", "chest", "parenchyma", "lung_masked", "none")
 
 # HU clipping window per CT region of interest, (low, high); "none" has no CT input.
 # "parenchyma" is the lung box in a lung-density window: emphysema (<= -950 HU) is
 # 100 HU from normal lung, 0.14 of the [-1, 1] range in the chest window, and the
 # tiny preset never resolved it there (CT-only AUC 0.50 on unseen sites); in this
 # window it reaches 0.86-0.90 (docs/site-evaluation.md, "The CT path").
+# "lung_masked" is the lung crop with everything outside the lung fields set to the
+# lungs' median density (client.preprocess), so a nodule is the only dense blob there.
 HU_WINDOWS: Mapping[str, tuple[float, float]] = types.MappingProxyType(
     {
         "lung": (-1300.0, 150.0),
         "heart": (-135.0, 225.0),
         "chest": (-1000.0, 400.0),
         "parenchyma": (-1000.0, -700.0),
+        "lung_masked": (-1300.0, 150.0),
     }
 )
 

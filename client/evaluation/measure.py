@@ -40,10 +40,11 @@ from .model_io import LoadedModel, load_model
 from .predict import predict_exam
 
 NODULE_QUESTION = "Is there a lung nodule of at least 4 mm?"
-# finding -> (the crop its task reads, the question asked)
+# finding -> (the task that asks about it, the question asked); the finding is
+# located and painted over in the crop that task reads (``TaskSpec.roi``)
 FINDINGS = {
-    "nodule": ("lung", NODULE_QUESTION),
-    "consolidation": ("chest", "Is there consolidation?"),
+    "nodule": ("nodule_presence", NODULE_QUESTION),
+    "consolidation": ("consolidation", "Is there consolidation?"),
 }
 
 
@@ -143,9 +144,9 @@ def finding_overlap(
     Args:
         loaded: The model.
         site_dir: A folder written by ``client.synth.synthesize_site``.
-        finding: "nodule" (the largest, asked with the nodule-presence question on
-            the lung crop) or "consolidation" (a hit on any of the exam's
-            consolidations, the consolidation question on the chest crop).
+        finding: "nodule" (the largest, asked with the nodule-presence question) or
+            "consolidation" (a hit on any of the exam's consolidations, the
+            consolidation question); each on the crop its task reads.
         min_diameter_mm: Smallest nodule counted (the task's threshold).
         ct_method: CT relevance method of ``explain`` ("gradient" or "rollout").
         driven_drop: Fall of P(yes), with the finding painted over, from which an
@@ -156,7 +157,8 @@ def finding_overlap(
         median fall of P(yes) when the finding is painted over, and the same counts
         over the finding-driven answers (``driven_*``).
     """
-    roi, question = FINDINGS[finding]
+    task, question = FINDINGS[finding]
+    roi = loaded.registry[task].roi
     truth = json.loads((site_dir / "truth.json").read_text())
     hits, chances, drops = [], [], []
     for exam in truth["exams"]:

@@ -104,6 +104,54 @@ def test_parenchyma_is_the_lung_box_in_its_own_window(volume):
     assert out["parenchyma"].box == given
 
 
+def _ball(shape, spacing, centre_mm, radius_mm) -> np.ndarray:
+    axes = [
+        np.arange(n) * d - c for n, d, c in zip(shape, spacing, centre_mm, strict=True)
+    ]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij", sparse=True)
+    return zz**2 + yy**2 + xx**2 <= radius_mm**2
+
+
+def test_lung_masked_keeps_what_lies_in_the_lungs_and_blanks_the_rest():
+    ph = make_phantom()
+    hu = ph.hu.astype(np.float32)
+    spacing = ph.spacing
+    # The right lung's centre and its lateral edge (x extent 45 mm about cx - 65).
+    zs, ys, xs = np.nonzero(ph.lungs)
+    right = xs < hu.shape[2] / 2
+    cz, cy = zs[right].mean() * spacing[0], ys[right].mean() * spacing[1]
+    x_edge = xs[right].min() * spacing[2]
+    inner = _ball(hu.shape, spacing, (cz, cy, x_edge + 45.0), 6.0)  # in the lung
+    pleural = _ball(hu.shape, spacing, (cz, cy, x_edge + 4.0), 5.0)  # on the pleura
+    hu[inner | pleural] = 35.0
+    vol = CTVolume(hu, spacing, "P", "E", "1")
+    box = preprocess_exam(vol, [LUNG])["lung"].box
+    window = HU_WINDOWS["lung_masked"]
+    spec = CropSpec("lung_masked", box.size, window)  # no resize: voxels map 1:1
+    out = preprocess_exam(vol, [spec])["lung_masked"]
+    assert out.box == box
+    crop = out.crop[0]
+    region = hu[box.to_slices()]
+    lung_value = 2 * (-850 - window[0]) / (window[1] - window[0]) - 1
+    nodule_value = 2 * (35 - window[0]) / (window[1] - window[0]) - 1
+    inside = (inner | pleural)[box.to_slices()]
+    # both nodules survive, the pleural one through the in-plane closing
+    np.testing.assert_allclose(crop[inner[box.to_slices()]], nodule_value, atol=1e-5)
+    assert (crop[pleural[box.to_slices()]] > 0).mean() > 0.5
+    # everything outside the lung fields (chest wall, heart, spine) reads as lung,
+    # but for the few chest-wall voxels the closing takes in around the pleural one
+    solid = (region > -500) & ~inside
+    kept = ~np.isclose(crop[solid], lung_value, atol=1e-5)
+    assert solid.sum() > 10_000 and kept.sum() < 0.001 * solid.sum()
+    # the plain lung crop of the same box still shows the chest wall
+    plain = crop_roi(vol, box, CropSpec("lung", box.size, window))[0][0]
+    assert (plain[solid] > 0).mean() > 0.9
+    # no lungs in the volume: a clear error, as for the lung crop itself
+    soft = CTVolume(np.full((20, 40, 40), 40.0, np.float32), (5, 3, 3), "P", "E", "1")
+    with pytest.raises(ROINotFoundError):
+        preprocess_exam(soft, [spec], boxes={"lung": Box((2, 5, 5), (18, 35, 35))})
+
+
 def test_bad_arguments_raise(volume):
     with pytest.raises(ValueError, match="exceeds"):
         crop_roi(volume, Box((0, 0, 0), (49, 10, 10)), LUNG)

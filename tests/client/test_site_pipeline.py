@@ -106,7 +106,8 @@ def test_manifest_split_has_no_patient_in_two_splits(site):
         assert split_of.setdefault(e["patient_id"], e["split"]) == e["split"]
     with_ct = [e for e in exams if e["crops"]]
     assert with_ct and all(
-        set(e["crops"]) == {"lung", "heart", "chest", "parenchyma"} for e in with_ct
+        set(e["crops"]) == {"lung", "heart", "chest", "parenchyma", "lung_masked"}
+        for e in with_ct
     )
 
 
