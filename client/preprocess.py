@@ -166,7 +166,7 @@ def _outside_lungs_filled(
 
     Chest wall, mediastinum and fluid next to the lungs are as bright as a nodule and,
     cut into 8^3-voxel patches, look like one to the tiny preset's linear patch
-    embedding; with them gone a nodule is the only dense blob in a patch
+    embedding; with them gone a nodule is seen against lung and vessels only
     (docs/site-evaluation.md, "The CT path").
 
     Where the volume is smaller than ``crop_size`` the region is padded with that

@@ -41,7 +41,8 @@ ROIS: tuple[str, ...] = ("lung", "heart", "chest", "parenchyma", "lung_masked", 
 # tiny preset never resolved it there (CT-only AUC 0.50 on unseen sites); in this
 # window it reaches 0.86-0.90 (docs/site-evaluation.md, "The CT path").
 # "lung_masked" is the lung crop with everything outside the lung fields set to the
-# lungs' median density (client.preprocess), so a nodule is the only dense blob there.
+# lungs' median density (client.preprocess): a nodule is seen against lung and vessels
+# only, not next to the chest wall (a tiny-preset crop, m3fm_model.config).
 HU_WINDOWS: Mapping[str, tuple[float, float]] = types.MappingProxyType(
     {
         "lung": (-1300.0, 150.0),
