@@ -227,16 +227,14 @@ def _close_and_fill(lungs: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     radius = [max(1, round(LUNG_FIELD_CLOSING_MM / s)) for s in spacing[1:]]
     yy, xx = np.ogrid[-radius[0] : radius[0] + 1, -radius[1] : radius[1] + 1]
     disk = ((yy / radius[0]) ** 2 + (xx / radius[1]) ** 2 <= 1.0)[None]
-    pad = ((0, 0), (radius[0], radius[0]), (radius[1], radius[1]))
+    # Padded so that the erosion does not eat lung touching the array's edge; a
+    # closing with a symmetric disk keeps every voxel of ``lungs``.
+    pad = ((0, 0), (radius[0],) * 2, (radius[1],) * 2)
     closed = ndimage.binary_closing(np.pad(lungs, pad), structure=disk)
-    closed = closed[
-        :,
-        pad[1][0] : closed.shape[1] - pad[1][1],
-        pad[2][0] : closed.shape[2] - pad[2][1],
-    ]
+    closed = closed[:, radius[0] : -radius[0], radius[1] : -radius[1]]
     in_plane = np.zeros((3, 3, 3), dtype=bool)
     in_plane[1] = ndimage.generate_binary_structure(2, 1)
-    return ndimage.binary_fill_holes(closed | lungs, structure=in_plane)
+    return ndimage.binary_fill_holes(closed, structure=in_plane)
 
 
 def lung_field_mask(
