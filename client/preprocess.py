@@ -122,7 +122,7 @@ def build_ct_transforms(
 
 
 def crop_roi(
-    volume: CTVolume, box: Box, spec: CropSpec
+    volume: CTVolume, box: Box, spec: CropSpec, *, lungs: np.ndarray | None = None
 ) -> tuple[np.ndarray, tuple[float, float, float]]:
     """Crop one ROI from a volume (see ``build_ct_transforms``).
 
@@ -130,6 +130,8 @@ def crop_roi(
         volume: Canonical HU volume.
         box: ROI box in voxels (found automatically or supplied by the site).
         spec: Crop size and HU window.
+        lungs: ``client.roi.strided_lung_mask`` of the volume when already computed
+            (used by the masked ROIs only).
 
     Returns:
         (crop float32 (1, S, H, W) in [-1, 1], spacing after resize in mm). The
@@ -148,7 +150,7 @@ def crop_roi(
         for e, s, c in zip(extent, volume.spacing_mm, spec.crop_size, strict=True)
     )
     if spec.roi in roi.MASKED_ROIS:
-        region = _outside_lungs_filled(volume, grown, spec.crop_size)
+        region = _outside_lungs_filled(volume, grown, spec.crop_size, lungs)
         chain = build_ct_transforms(spec, Box((0, 0, 0), region.shape), region.shape)
         crop = chain(torch.from_numpy(region).unsqueeze(0))
     else:
@@ -158,7 +160,10 @@ def crop_roi(
 
 
 def _outside_lungs_filled(
-    volume: CTVolume, grown: Box, crop_size: Sequence[int]
+    volume: CTVolume,
+    grown: Box,
+    crop_size: Sequence[int],
+    lungs: np.ndarray | None = None,
 ) -> np.ndarray:
     """The grown box's HU, every voxel outside the lung fields at the lungs' median.
 
@@ -176,7 +181,7 @@ def _outside_lungs_filled(
         client.roi.ROINotFoundError: When no lung voxel lies in the box.
     """
     region = np.asarray(volume.hu[grown.to_slices()], dtype=np.float32)
-    keep = roi.lung_field_mask(volume.hu, volume.spacing_mm, grown)
+    keep = roi.lung_field_mask(volume.hu, volume.spacing_mm, grown, lungs)
     if not keep.any():
         raise roi.ROINotFoundError(
             f"no lung voxel lies in the lung box {grown}; check the box supplied "
@@ -263,12 +268,18 @@ def preprocess_exam(
     chosen = dict(boxes or {})
     regions = {s.roi: box_region(s.roi) for s in specs}
     missing = sorted({r for r in regions.values() if r not in chosen})
+    lungs = None  # the lung mask, found once for the boxes and the masked crops
+    if missing or any(s.roi in roi.MASKED_ROIS for s in specs):
+        lungs = roi.strided_lung_mask(volume.hu, volume.spacing_mm)
     if missing:
-        found = find_boxes(volume.hu, volume.spacing_mm, missing, margin_mm=margin_mm)
-        chosen.update(found)
+        chosen.update(
+            find_boxes(
+                volume.hu, volume.spacing_mm, missing, margin_mm=margin_mm, lungs=lungs
+            )
+        )
     crops = {}
     for spec in specs:
         box = chosen[regions[spec.roi]]
-        crop, spacing = crop_roi(volume, box, spec)
+        crop, spacing = crop_roi(volume, box, spec, lungs=lungs)
         crops[spec.roi] = RoiCrop(crop, spacing, box)  # type: ignore[arg-type]
     return crops

@@ -237,8 +237,33 @@ def _close_and_fill(lungs: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     return ndimage.binary_fill_holes(closed, structure=in_plane)
 
 
+def strided_lung_mask(hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
+    """``lung_mask`` of the strided volume every box finder here works on.
+
+    Computed once per exam, it can be handed to ``find_boxes`` and
+    ``lung_field_mask`` so neither labels the volume's air again.
+
+    Raises:
+        ROINotFoundError: When no lungs are found.
+    """
+    small, small_spacing, _ = _downsample(hu, spacing)
+    return lung_mask(small, small_spacing)
+
+
+def _check_strided(lungs: np.ndarray, hu: np.ndarray, spacing: Sequence[float]) -> None:
+    expected = _downsample(hu, spacing)[0].shape
+    if lungs.shape != expected:
+        raise ValueError(
+            f"precomputed lung mask has shape {lungs.shape}, the strided volume "
+            f"{expected}; compute it with strided_lung_mask on the same volume"
+        )
+
+
 def lung_field_mask(
-    hu: np.ndarray, spacing: Sequence[float], box: Box | None = None
+    hu: np.ndarray,
+    spacing: Sequence[float],
+    box: Box | None = None,
+    lungs: np.ndarray | None = None,
 ) -> np.ndarray:
     """The lung fields: both lungs with the nodules, vessels and consolidation in them.
 
@@ -252,15 +277,21 @@ def lung_field_mask(
         spacing: Voxel spacing (z, y, x) in mm.
         box: Return only this region of the mask (full resolution); whole volume
             when None.
+        lungs: ``strided_lung_mask`` of the same volume when already computed.
 
     Returns:
         Boolean mask of the box (nearest strided voxel).
 
     Raises:
         ROINotFoundError: When no lungs are found.
+        ValueError: When ``lungs`` does not match the strided volume.
     """
     small, small_spacing, strides = _downsample(hu, spacing)
-    field = _close_and_fill(lung_mask(small, small_spacing), small_spacing)
+    if lungs is None:
+        lungs = lung_mask(small, small_spacing)
+    else:
+        _check_strided(lungs, hu, spacing)
+    field = _close_and_fill(lungs, small_spacing)
     box = box or Box((0, 0, 0), hu.shape)
     index = [
         np.arange(a, b) // s
@@ -395,6 +426,7 @@ def find_boxes(
     spacing: Sequence[float],
     rois: Sequence[str] = ("lung", "heart"),
     margin_mm: float = 5.0,
+    lungs: np.ndarray | None = None,
 ) -> dict[str, Box]:
     """Find the requested ROI boxes, computing the lung mask once.
 
@@ -404,13 +436,14 @@ def find_boxes(
         rois: Any of ``"lung"``, ``"heart"`` and ``"chest"`` (the body's in-plane
             extent over the lungs' slices: the whole thorax cross-section).
         margin_mm: Margin added on every side of each box.
+        lungs: ``strided_lung_mask`` of the same volume when already computed.
 
     Returns:
         Box by ROI name.
 
     Raises:
         ROINotFoundError: When a requested ROI cannot be found.
-        ValueError: For an unknown ROI name.
+        ValueError: For an unknown ROI name, or ``lungs`` not matching the volume.
     """
     unknown = set(rois) - {"lung", "heart", "chest"}
     if unknown:
@@ -418,7 +451,10 @@ def find_boxes(
             f"unknown ROI(s) {sorted(unknown)}; use 'lung', 'heart' or 'chest'"
         )
     small, small_spacing, strides = _downsample(hu, spacing)
-    lungs = lung_mask(small, small_spacing)
+    if lungs is None:
+        lungs = lung_mask(small, small_spacing)
+    else:
+        _check_strided(lungs, hu, spacing)
     boxes = {}
     if "lung" in rois:
         boxes["lung"] = _full_box(Box.from_mask(lungs), strides, hu, spacing, margin_mm)

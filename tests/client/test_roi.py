@@ -10,7 +10,9 @@ from client.roi import (
     find_boxes,
     find_heart_box,
     find_lung_box,
+    lung_field_mask,
     lung_mask,
+    strided_lung_mask,
 )
 
 from .dicom_fixtures import make_phantom
@@ -64,6 +66,25 @@ def test_find_boxes_matches_single_finders(phantom):
     assert find_heart_box(phantom.hu, phantom.spacing, lungs=lungs) == boxes["heart"]
     with pytest.raises(ValueError, match="unknown ROI"):
         find_boxes(phantom.hu, phantom.spacing, rois=("liver",))
+
+
+def test_a_lung_mask_found_once_serves_boxes_and_lung_fields(fine_phantom):
+    hu, spacing = fine_phantom.hu, fine_phantom.spacing
+    lungs = strided_lung_mask(hu, spacing)
+    assert lungs.shape == hu[::1, ::2, ::2].shape  # the finders' stride here
+    rois = ("lung", "heart", "chest")
+    assert find_boxes(hu, spacing, rois, lungs=lungs) == find_boxes(hu, spacing, rois)
+    box = find_lung_box(hu, spacing)
+    shared = lung_field_mask(hu, spacing, box, lungs=lungs)
+    assert shared.shape == box.size
+    assert np.array_equal(shared, lung_field_mask(hu, spacing, box))
+    full_resolution = lung_mask(hu, spacing)
+    for call in (
+        lambda: find_boxes(hu, spacing, lungs=full_resolution),
+        lambda: lung_field_mask(hu, spacing, box, lungs=full_resolution),
+    ):
+        with pytest.raises(ValueError, match="strided_lung_mask"):
+            call()
 
 
 def test_lung_mask_matches_truth(phantom):
