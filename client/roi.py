@@ -250,12 +250,11 @@ def strided_lung_mask(hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     return lung_mask(small, small_spacing)
 
 
-def _check_strided(lungs: np.ndarray, hu: np.ndarray, spacing: Sequence[float]) -> None:
-    expected = _downsample(hu, spacing)[0].shape
-    if lungs.shape != expected:
+def _check_strided(lungs: np.ndarray, small: np.ndarray) -> None:
+    if lungs.shape != small.shape:
         raise ValueError(
             f"precomputed lung mask has shape {lungs.shape}, the strided volume "
-            f"{expected}; compute it with strided_lung_mask on the same volume"
+            f"{small.shape}; compute it with strided_lung_mask on the same volume"
         )
 
 
@@ -290,7 +289,7 @@ def lung_field_mask(
     if lungs is None:
         lungs = lung_mask(small, small_spacing)
     else:
-        _check_strided(lungs, hu, spacing)
+        _check_strided(lungs, small)
     field = _close_and_fill(lungs, small_spacing)
     box = box or Box((0, 0, 0), hu.shape)
     index = [
@@ -454,7 +453,7 @@ def find_boxes(
     if lungs is None:
         lungs = lung_mask(small, small_spacing)
     else:
-        _check_strided(lungs, hu, spacing)
+        _check_strided(lungs, small)
     boxes = {}
     if "lung" in rois:
         boxes["lung"] = _full_box(Box.from_mask(lungs), strides, hu, spacing, margin_mm)
