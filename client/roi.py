@@ -250,12 +250,18 @@ def strided_lung_mask(hu: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     return lung_mask(small, small_spacing)
 
 
-def _check_strided(lungs: np.ndarray, small: np.ndarray) -> None:
+def _lungs_of(
+    small: np.ndarray, small_spacing: Sequence[float], lungs: np.ndarray | None
+) -> np.ndarray:
+    """The strided volume's lung mask: ``lungs`` when given (checked), else found."""
+    if lungs is None:
+        return lung_mask(small, small_spacing)
     if lungs.shape != small.shape:
         raise ValueError(
             f"precomputed lung mask has shape {lungs.shape}, the strided volume "
             f"{small.shape}; compute it with strided_lung_mask on the same volume"
         )
+    return lungs
 
 
 def lung_field_mask(
@@ -286,10 +292,7 @@ def lung_field_mask(
         ValueError: When ``lungs`` does not match the strided volume.
     """
     small, small_spacing, strides = _downsample(hu, spacing)
-    if lungs is None:
-        lungs = lung_mask(small, small_spacing)
-    else:
-        _check_strided(lungs, small)
+    lungs = _lungs_of(small, small_spacing, lungs)
     field = _close_and_fill(lungs, small_spacing)
     box = box or Box((0, 0, 0), hu.shape)
     index = [
@@ -450,10 +453,7 @@ def find_boxes(
             f"unknown ROI(s) {sorted(unknown)}; use 'lung', 'heart' or 'chest'"
         )
     small, small_spacing, strides = _downsample(hu, spacing)
-    if lungs is None:
-        lungs = lung_mask(small, small_spacing)
-    else:
-        _check_strided(lungs, small)
+    lungs = _lungs_of(small, small_spacing, lungs)
     boxes = {}
     if "lung" in rois:
         boxes["lung"] = _full_box(Box.from_mask(lungs), strides, hu, spacing, margin_mm)

@@ -78,6 +78,11 @@ def test_a_lung_mask_found_once_serves_boxes_and_lung_fields(fine_phantom):
     shared = lung_field_mask(hu, spacing, box, lungs=lungs)
     assert shared.shape == box.size
     assert np.array_equal(shared, lung_field_mask(hu, spacing, box))
+    # the mask handed over is the one used: without the left lung, so are the results
+    right_only = lungs.copy()
+    right_only[:, :, right_only.shape[2] // 2 :] = False
+    assert find_boxes(hu, spacing, ("lung",), lungs=right_only)["lung"] != box
+    assert lung_field_mask(hu, spacing, box, lungs=right_only).sum() < shared.sum()
     full_resolution = lung_mask(hu, spacing)
     for call in (
         lambda: find_boxes(hu, spacing, lungs=full_resolution),
