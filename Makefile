@@ -25,7 +25,7 @@ tools:
 demo: install
 	$(PY) -m server.demo
 
-# Regenerates m3fm_model/assets/tiny-synthetic-encoders.json (about 16 min on 2 cores).
+# Regenerates m3fm_model/assets/tiny-synthetic-m3fm.json (about 27 min on 2 cores).
 pretrain: install
 	$(PY) -m server.pretrain --data pretrain_data
 

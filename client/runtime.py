@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from m3fm_model import M3FM, build_model
-from m3fm_model.pretrained import check_init, load_encoders
+from m3fm_model.pretrained import check_init, load_pretrained
 
 from .site_config import SiteConfig, load_site_config
 
@@ -59,13 +59,13 @@ _MODELS: dict[tuple[str, str, int, str], M3FM] = {}
 def seeded_model(preset: str, seed: int, init_weights: str = "none") -> M3FM:
     """The run's initial model: ``build_model(preset)`` after seeding torch with ``seed``.
 
-    With ``init_weights`` naming packaged pretrained encoders
-    (``m3fm_model.pretrained``), those replace the encoders' random values. The server
+    With ``init_weights`` naming packaged pretrained weights
+    (``m3fm_model.pretrained``), those replace the random values they cover. The server
     and every site build it the same way, so parameters that never travel agree
     everywhere.
     """
     torch.manual_seed(seed)
-    return load_encoders(build_model(preset), check_init(init_weights, preset))
+    return load_pretrained(build_model(preset), check_init(init_weights, preset))
 
 
 def global_model(

@@ -1,11 +1,13 @@
-"""Packaged pretrained encoder weights and the run-config ``init-weights`` choice.
+"""Packaged pretrained tiny M3FM and the run-config ``init-weights`` choice.
 
 ``init-weights = "none"`` starts from the seeded random initialisation;
-``"tiny-synthetic"`` loads the tiny preset's CT and clinical-text encoders pretrained on
-a generated cohort of their own (``make pretrain`` / ``server/pretrain.py`` writes
-them; the description stored with the weights says how). Only the encoders are loaded:
-the fusion layers and heads keep the run's seeded initialisation and are learned from
-the sites' data.
+``"tiny-synthetic"`` loads the tiny preset pretrained on a generated cohort of its own
+(``make pretrain`` / ``server/pretrain.py`` writes it; the description stored with the
+weights says how): encoders, fusion layers and the heads of the pretraining tasks, as
+the authors' released checkpoint holds encoders, task encoder and heads. Heads of tasks
+that were not pretrained keep the run's seeded initialisation.
+``"tiny-synthetic-encoders"`` loads only the CT and clinical-text encoders from the same
+file; the fusion layers and every head are then learned from the sites' data.
 
 The weights are ``torch.save`` bytes, base64 inside a JSON file: Flower builds the app
 bundle it ships to the SuperLink from text files only (.py, .toml, .json, ...), and the
@@ -28,8 +30,17 @@ ModuleT = TypeVar("ModuleT", bound=nn.Module)
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 ENCODER_PREFIXES = ("ct_encoder.", "text_encoder.")
 # name -> file in ASSET_DIR
-PRETRAINED = {"tiny-synthetic": "tiny-synthetic-encoders.json"}
-_PRESET = {"tiny-synthetic": "tiny"}
+PRETRAINED = {
+    "tiny-synthetic": "tiny-synthetic-m3fm.json",
+    "tiny-synthetic-encoders": "tiny-synthetic-m3fm.json",
+}
+_PRESET = {"tiny-synthetic": "tiny", "tiny-synthetic-encoders": "tiny"}
+# the parts of the state dict each choice loads (None = everything the asset holds)
+_PARTS: dict[str, tuple[str, ...] | None] = {
+    "tiny-synthetic": None,
+    "tiny-synthetic-encoders": ENCODER_PREFIXES,
+}
+HEAD_PREFIX = "heads."
 INIT_CHOICES = ("none", *PRETRAINED)
 
 
@@ -49,7 +60,7 @@ def check_init(name: str, preset: str) -> str:
         )
     if name != "none" and _PRESET[name] != preset:
         raise PretrainedWeightsError(
-            f"init-weights {name!r} holds {_PRESET[name]!r} encoders but the run's "
+            f"init-weights {name!r} holds {_PRESET[name]!r} weights but the run's "
             f'preset is {preset!r}; set init-weights = "none" or preset = '
             f"{_PRESET[name]!r}"
         )
@@ -102,11 +113,12 @@ def read_asset(name: str) -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
 
 
-def load_encoders(model: ModuleT, name: str) -> ModuleT:
-    """Copy the named pretrained encoders into ``model`` (in place; returns it).
+def load_pretrained(model: ModuleT, name: str) -> ModuleT:
+    """Copy the named pretrained weights into ``model`` (in place; returns it).
 
     The weights must match the SHA-256 stored with them, so every site and the server
-    start from the same bytes.
+    start from the same bytes. Heads of tasks ``model`` does not have are skipped (a
+    model built for a few tasks takes the rest); everything else must fit.
 
     Raises:
         PretrainedWeightsError: Missing or altered file, or keys/shapes that do not
@@ -115,8 +127,14 @@ def load_encoders(model: ModuleT, name: str) -> ModuleT:
     if name == "none":
         return model
     state = read_asset(name)
+    parts = _PARTS[name]
+    if parts is not None:
+        state = {k: v for k, v in state.items() if k.startswith(parts)}
     path = ASSET_DIR / PRETRAINED[name]
     own = model.state_dict()
+    state = {
+        k: v for k, v in state.items() if k in own or not k.startswith(HEAD_PREFIX)
+    }
     wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     wrong += [k for k in own if k.startswith(ENCODER_PREFIXES) and k not in state]
     if wrong:

@@ -34,7 +34,7 @@ from client.site_dataset import SiteDataset, default_tokenizer, load_manifest
 from client.train import TrainConfig
 from m3fm_model import build_model
 from m3fm_model.config import PRESETS, preset_config
-from m3fm_model.pretrained import INIT_CHOICES, check_init, load_encoders
+from m3fm_model.pretrained import INIT_CHOICES, check_init, load_pretrained
 from m3fm_model.tasks import TASKS, AnswerKind
 
 from .comparison import PooledCache
@@ -124,7 +124,7 @@ def run_probe(
             f"(training {len(train)}, evaluation {len(held_out)}); prepare the sites"
         )
     torch.manual_seed(seed)
-    model = load_encoders(build_model(preset, (task,)), check_init(init, preset))
+    model = load_pretrained(build_model(preset, (task,)), check_init(init, preset))
     cfg = TrainConfig(
         scope="all", lr=lr, local_steps=every, batch_size=batch_size, seed=seed,
         dp=False, device="cpu", threads=threads,

@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "--init-weights",
         default="tiny-synthetic",
         choices=INIT_CHOICES,
-        help="start from the packaged pretrained encoders, or from random weights",
+        help="start from the packaged pretrained tiny model, its encoders only, or random weights",
     )
     p.add_argument(
         "--modality-dropout",

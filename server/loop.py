@@ -305,7 +305,7 @@ class FederatedLoop:
             "rounds": ls.round,
             "sites": ls.history.sites(),
             "trainable-scope": self.cfg.trainable_scope,
-            "initial-encoders": _initial_encoders(self.cfg.init_weights),
+            "initial-weights": _initial_weights(self.cfg.init_weights),
             "aggregation": self.cfg.aggregation,
             "privacy": _privacy_by_site(ls.history),
             "central-dp-epsilon": (
@@ -320,8 +320,8 @@ class FederatedLoop:
         logger.info("final summary\n%s", summary_table(ls.history))
 
 
-def _initial_encoders(name: str) -> dict[str, str] | None:
-    """Which packaged encoders the run started from (None: random initialisation)."""
+def _initial_weights(name: str) -> dict[str, str] | None:
+    """Which packaged weights the run started from (None: random initialisation)."""
     if name == "none":
         return None
     return {"name": name, "sha256": asset_info(name)["sha256"]}

@@ -1,20 +1,21 @@
-"""Pretrain the tiny preset's encoders on a generated cohort and ship them as an asset.
+"""Pretrain the tiny preset on a generated cohort and ship it as an asset.
 
 The tiny preset is a CPU stand-in for M3FM; the real model starts federated training
-from the authors' pretrained checkpoint (``m3fm_model.convert_weights``). To give the
-tiny preset the same footing, this script generates its own cohort (the three demo
-profiles with seeds no demo, test or bench hospital uses, no injected faults), trains
-the whole model on the pooled exams, and saves only the two encoders (CT ViT and
-clinical-text transformer) as ``m3fm_model/assets/tiny-synthetic-encoders.json``. The
-fusion layers and heads are not kept: every run starting from the asset
-(run-config ``init-weights = "tiny-synthetic"``) learns them from its sites' data.
+from the authors' pretrained checkpoint (``m3fm_model.convert_weights``), which holds
+the encoders, the task encoder and heads. To give the tiny preset the same footing,
+this script generates its own cohort (the three demo profiles with seeds no demo, test
+or bench hospital uses, no injected faults), trains the whole model on the pooled
+exams, and saves the encoders, the fusion layers and the heads of the tasks it trained
+as ``m3fm_model/assets/tiny-synthetic-m3fm.json``. Runs start from all of it with
+run-config ``init-weights = "tiny-synthetic"``, or from its two encoders alone with
+``"tiny-synthetic-encoders"`` (fusion and heads then learned from the sites' data).
 
 The held-out finding of ``client.synth.heldout`` is never a pretraining target, so
 few-shot adaptation to it stays a new task.
 
 Usage::
 
-    python -m server.pretrain --data pretrain_data --steps 3000
+    python -m server.pretrain --data pretrain_data
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from client.site_dataset import SiteDataset, manifest_is_current
 from client.synth import synthesize_site
 from client.train import TrainConfig, predict_split, train_one_round
 from m3fm_model import M3FM
-from m3fm_model.pretrained import ENCODER_PREFIXES, write_asset
+from m3fm_model.pretrained import HEAD_PREFIX, write_asset
 
 from .comparison import pooled_splits, primary_metric
 
@@ -132,12 +133,15 @@ def train_in_chunks(
         yield done, res.metrics.get("train-loss")
 
 
-def encoder_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The encoders' parameters and buffers (what the asset holds)."""
+def asset_state(
+    model: torch.nn.Module, tasks: Sequence[str]
+) -> dict[str, torch.Tensor]:
+    """What the asset holds: everything but the heads of tasks that were not trained."""
+    trained = tuple(f"{HEAD_PREFIX}{t}." for t in tasks)
     return {
         k: v.detach().clone()
         for k, v in model.state_dict().items()
-        if k.startswith(ENCODER_PREFIXES)
+        if not k.startswith(HEAD_PREFIX) or k.startswith(trained)
     }
 
 
@@ -161,8 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         threads=args.threads, seed=args.seed,
     )  # fmt: skip
     meta |= {"patients_per_site": args.patients, "cohort": [list(c) for c in COHORT]}
-    torch.save(model.state_dict(), args.data / "pretrained-full.pt")  # heads too
-    path = write_asset("tiny-synthetic", encoder_state(model), meta)
+    torch.save(model.state_dict(), args.data / "pretrained-full.pt")  # every head
+    path = write_asset("tiny-synthetic", asset_state(model, meta["tasks"]), meta)
     print(f"wrote {path} in {time.monotonic() - start:.0f} s", flush=True)
     return 0
 

@@ -1,4 +1,4 @@
-"""Packaged pretrained encoders: loading, integrity check, and the run-config choice."""
+"""Packaged pretrained tiny model: loading, integrity check, and the run-config choice."""
 
 from __future__ import annotations
 
@@ -11,28 +11,52 @@ import torch
 from client.runtime import seeded_model
 from client.synth.heldout import HELDOUT_TASK
 from m3fm_model import pretrained
+from m3fm_model.builders import build_model
 from m3fm_model.pretrained import (
     ENCODER_PREFIXES,
+    HEAD_PREFIX,
     PretrainedWeightsError,
     asset_info,
     check_init,
-    load_encoders,
+    load_pretrained,
 )
 from server.run_config import RunConfig
 
 
-def test_encoders_loaded_and_the_rest_seeded() -> None:
+def test_whole_model_loaded_but_heads_nobody_pretrained() -> None:
     plain = seeded_model("tiny", 0).state_dict()
     init = seeded_model("tiny", 0, "tiny-synthetic").state_dict()
     asset = pretrained.read_asset("tiny-synthetic")
-    assert set(asset) == {k for k in plain if k.startswith(ENCODER_PREFIXES)}
+    tasks = set(asset_info("tiny-synthetic")["tasks"])
+    trunk = {k for k in plain if not k.startswith(HEAD_PREFIX)}
+    heads = {k for k in plain if k.startswith(HEAD_PREFIX) and k.split(".")[1] in tasks}
+    assert set(asset) == trunk | heads
+    assert any(k.startswith("task_attention.") for k in asset)  # fusion layers too
     for key, value in init.items():
-        if key.startswith(ENCODER_PREFIXES):
+        if key in asset:
             assert torch.equal(value, asset[key]), key
-        else:  # fusion layers and heads: the run's seeded initialisation
+        else:  # heads of tasks no pretraining trained: the run's seeded values
             assert torch.equal(value, plain[key]), key
+    assert len(init) > len(asset)  # some of the 17 heads were never pretrained
     changed = [k for k in asset if not torch.equal(asset[k], plain[k])]
     assert len(changed) > len(asset) // 2  # the asset is not the random init
+
+
+def test_encoders_only_choice_leaves_fusion_and_heads_seeded() -> None:
+    plain = seeded_model("tiny", 0).state_dict()
+    init = seeded_model("tiny", 0, "tiny-synthetic-encoders").state_dict()
+    asset = pretrained.read_asset("tiny-synthetic")
+    for key, value in init.items():
+        want = asset[key] if key.startswith(ENCODER_PREFIXES) else plain[key]
+        assert torch.equal(value, want), key
+
+
+def test_a_model_of_a_few_tasks_takes_the_rest_of_the_asset() -> None:
+    torch.manual_seed(0)
+    model = load_pretrained(build_model("tiny", ("heart",)), "tiny-synthetic")
+    asset = pretrained.read_asset("tiny-synthetic")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, asset[key]), key
 
 
 def test_asset_description_says_how_it_was_trained() -> None:
@@ -52,10 +76,10 @@ def test_altered_asset_is_refused(tmp_path, monkeypatch) -> None:
     (tmp_path / name).write_text(json.dumps(doc))
     monkeypatch.setattr(pretrained, "ASSET_DIR", tmp_path)
     with pytest.raises(PretrainedWeightsError, match="sha256"):
-        load_encoders(seeded_model("tiny", 0), "tiny-synthetic")
+        load_pretrained(seeded_model("tiny", 0), "tiny-synthetic")
     (tmp_path / name).unlink()
     with pytest.raises(PretrainedWeightsError, match="missing"):
-        load_encoders(seeded_model("tiny", 0), "tiny-synthetic")
+        load_pretrained(seeded_model("tiny", 0), "tiny-synthetic")
 
 
 def test_unknown_or_mismatched_choice_is_refused() -> None:
