@@ -451,6 +451,9 @@ def run_comparison(
         plan: Settings shared by every arm.
         flower_model: The Flower run's final state dict (the ``federated-flower-dp``
             arm), evaluated when the file exists.
+
+    The ``initial`` arm is the starting model every arm trains from, untrained: what
+    the sites' training added shows against it.
         progress: Called with one line per finished arm.
         workers: Arms trained at the same time, each in its own process with one
             torch thread (1 = in this process). The arms do not depend on each
@@ -462,7 +465,9 @@ def run_comparison(
         aggregate, ci, sites, seconds), ``tasks`` (task -> sites that label it) and
         ``federated_vs_site`` (``paired_differences``).
     """
-    arms: dict[str, dict[str, Any]] = {}
+    arms: dict[str, dict[str, Any]] = {
+        "initial": evaluate_arm(_fresh_model(plan), sites, plan)
+    }
     if flower_model is not None and flower_model.exists():
         model = _fresh_model(plan)
         model.load_state_dict(
