@@ -446,14 +446,14 @@ def run_comparison(
 ) -> dict[str, Any]:
     """Train and evaluate every arm; returns the comparison as a JSON-ready dict.
 
+    The ``initial`` arm is the starting model every arm trains from, untrained: what
+    the sites' training added shows against it.
+
     Args:
         sites: The prepared sites.
         plan: Settings shared by every arm.
         flower_model: The Flower run's final state dict (the ``federated-flower-dp``
             arm), evaluated when the file exists.
-
-    The ``initial`` arm is the starting model every arm trains from, untrained: what
-    the sites' training added shows against it.
         progress: Called with one line per finished arm.
         workers: Arms trained at the same time, each in its own process with one
             torch thread (1 = in this process). The arms do not depend on each
