@@ -35,9 +35,9 @@ PRETRAINED = {
     "tiny-synthetic-encoders": "tiny-synthetic-m3fm.json",
 }
 _PRESET = {"tiny-synthetic": "tiny", "tiny-synthetic-encoders": "tiny"}
-# the parts of the state dict each choice loads (None = everything the asset holds)
-_PARTS: dict[str, tuple[str, ...] | None] = {
-    "tiny-synthetic": None,
+# key prefixes of the state dict each choice loads ("" = everything the asset holds)
+_PARTS: dict[str, tuple[str, ...]] = {
+    "tiny-synthetic": ("",),
     "tiny-synthetic-encoders": ENCODER_PREFIXES,
 }
 HEAD_PREFIX = "heads."
@@ -126,14 +126,12 @@ def load_pretrained(model: ModuleT, name: str) -> ModuleT:
     """
     if name == "none":
         return model
-    state = read_asset(name)
-    parts = _PARTS[name]
-    if parts is not None:
-        state = {k: v for k, v in state.items() if k.startswith(parts)}
     path = ASSET_DIR / PRETRAINED[name]
     own = model.state_dict()
     state = {
-        k: v for k, v in state.items() if k in own or not k.startswith(HEAD_PREFIX)
+        k: v
+        for k, v in read_asset(name).items()
+        if k.startswith(_PARTS[name]) and (k in own or not k.startswith(HEAD_PREFIX))
     }
     wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     wrong += [k for k in own if k.startswith(ENCODER_PREFIXES) and k not in state]
