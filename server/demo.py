@@ -8,7 +8,6 @@ the summary table and where the plots are, then train and evaluate the compariso
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import multiprocessing
 import os
@@ -24,7 +23,7 @@ from client.site_config import load_site_config
 from client.site_dataset import manifest_is_current
 from client.synth import synthesize_site
 from client.synth.profiles import get
-from client.synth.site import GENERATOR_VERSION
+from client.synth.site import site_is_current
 from m3fm_model.pretrained import INIT_CHOICES
 
 from .comparison import ArmPlan, comparison_table, run_comparison, write_comparison
@@ -43,26 +42,11 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _current(folder: Path, patients: int, seed: int) -> bool:
-    """Whether a generated demo hospital matches today's profile and generator."""
-    try:
-        truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return (
-        (folder / "site.toml").exists()
-        and (folder / "heldout_labels.csv").exists()
-        and truth.get("generator_version") == GENERATOR_VERSION
-        and truth.get("seed") == seed
-        and truth.get("patients") == patients
-    )
-
-
 def _ensure_one(data_dir: Path, name: str, patients: int, seed: int) -> list[str]:
     """Generate (if missing or out of date) and prepare one demo hospital; log lines."""
     said = []
     folder = data_dir / name
-    if not _current(folder, patients, seed):
+    if not site_is_current(folder, patients=patients, seed=seed):
         if folder.exists():
             shutil.rmtree(folder)  # a half-written earlier attempt
         start = time.monotonic()

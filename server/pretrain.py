@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -35,6 +36,7 @@ from client.runtime import seeded_model
 from client.site_config import SiteConfig, load_site_config
 from client.site_dataset import SiteDataset, manifest_is_current
 from client.synth import synthesize_site
+from client.synth.site import site_is_current
 from client.train import TrainConfig, predict_split, train_one_round
 from m3fm_model import M3FM
 from m3fm_model.pretrained import HEAD_PREFIX, write_asset
@@ -49,7 +51,9 @@ COHORT = (("hospital_a", 7001), ("hospital_b", 7002), ("hospital_c", 7003))
 
 def _one_site(profile: str, seed: int, patients: int, folder: Path) -> Path:
     config = folder / "site.toml"
-    if not config.exists():
+    if not site_is_current(folder, patients=patients, seed=seed):
+        if folder.exists():
+            shutil.rmtree(folder)  # half-written, or labels of an older generator
         synthesize_site(profile, folder, patients=patients, seed=seed, faults=False)
     cfg = load_site_config(config)
     if not manifest_is_current(cfg, "tiny"):
@@ -60,7 +64,7 @@ def _one_site(profile: str, seed: int, patients: int, folder: Path) -> Path:
 def generate_cohort(
     out_dir: Path, patients_per_site: int, workers: int = 2
 ) -> list[SiteConfig]:
-    """Generate and prepare the pretraining sites (skips those already prepared)."""
+    """Generate and prepare the pretraining sites (skips those already current)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with ProcessPoolExecutor(max_workers=workers) as pool:
         jobs = [

@@ -25,14 +25,14 @@ from client.synth.faults import (
     garble_exam,
     plan_faults,
 )
-from client.synth.heldout import write_heldout_labels
+from client.synth.heldout import HELDOUT_FILE, write_heldout_labels
 from client.synth.paint import Grid
 from client.synth.phantom import Phantom, make_grid, render_phantom
 from client.synth.profiles import Profile, get
 from client.synth.siteconfig import site_config_toml
 from client.synth.tables import clinical_frame, labels_frame, write_table
 
-__all__ = ["synthesize_site", "render_exam", "GENERATOR_VERSION"]
+__all__ = ["synthesize_site", "site_is_current", "render_exam", "GENERATOR_VERSION"]
 
 log = logging.getLogger(__name__)
 GENERATOR_VERSION = 2
@@ -236,6 +236,26 @@ def _write_tables(profile, records, root: Path, seed: int, plan: dict | None) ->
     write_table(clinical, root / profile.tables.clinical_file)
     write_table(labels, root / profile.tables.labels_file)
     return faults
+
+
+def site_is_current(folder: Path, *, patients: int, seed: int) -> bool:
+    """Whether ``folder`` holds a complete site written by today's generator.
+
+    False for a missing or half-written folder, another seed or cohort size, or an
+    older ``GENERATOR_VERSION`` (labels or images drawn differently), so callers
+    generate it again.
+    """
+    try:
+        truth = json.loads((folder / "truth.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return (
+        (folder / "site.toml").exists()
+        and (folder / HELDOUT_FILE).exists()
+        and truth.get("generator_version") == GENERATOR_VERSION
+        and truth.get("seed") == seed
+        and truth.get("patients") == patients
+    )
 
 
 def synthesize_site(

@@ -1,10 +1,13 @@
-"""make demo's check of generated hospitals: out-of-date ones are generated again."""
+"""Checks of generated hospitals (demo and pretraining): out-of-date ones are generated again."""
 
 import json
 
 from client.synth import synthesize_site
-from client.synth.site import GENERATOR_VERSION
-from server.demo import _current
+from client.synth.site import GENERATOR_VERSION, site_is_current
+
+
+def _current(folder, patients, seed):
+    return site_is_current(folder, patients=patients, seed=seed)
 
 
 def test_current_site_is_kept_and_stale_ones_are_not(tmp_path):
@@ -18,3 +21,18 @@ def test_current_site_is_kept_and_stale_ones_are_not(tmp_path):
     (folder / "truth.json").write_text(json.dumps(truth))
     assert not _current(folder, 4, 3)  # written by an older generator
     assert not _current(tmp_path / "missing", 4, 3)
+
+
+def test_pretraining_cohort_site_is_generated_again_when_stale(tmp_path):
+    from server.pretrain import _one_site
+
+    folder = tmp_path / "hospital_c-7003"
+    folder.mkdir()
+    (folder / "dicom").mkdir()  # half-written by an interrupted run
+    config = _one_site("hospital_c", 7003, 3, folder)
+    assert _current(folder, 3, 7003) and config == folder / "site.toml"
+    truth = json.loads((folder / "truth.json").read_text())
+    truth["generator_version"] = GENERATOR_VERSION - 1
+    (folder / "truth.json").write_text(json.dumps(truth))
+    _one_site("hospital_c", 7003, 3, folder)
+    assert _current(folder, 3, 7003)
