@@ -3,15 +3,22 @@
 Every usable exam's ROI crops go into the content-addressed cache; the manifest lists
 the exams (pseudonymous IDs, split, clinical paragraph, labels, cache keys) that site
 training and evaluation read. A second run reuses every cached crop.
+
+The manifest also records digests of what its clinical data, labels and splits were read
+from (``source_digests``): the two tables' bytes and the config that maps and splits them.
+``client.site_dataset.load_manifest`` refuses a manifest whose sources changed, so a
+site that corrects a label or a column mapping is told to prepare again instead of
+training on the old values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterable
-from dataclasses import asdict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +32,55 @@ from .site_config import SiteConfig
 from .site_index import ExamEntry, SiteIndex, build_site_index, crop_specs
 
 MANIFEST_VERSION = 1
+_CHUNK = 1 << 20
 
 
 def manifest_path(cfg: SiteConfig, preset: str) -> Path:
     """Where the manifest of a preset's crops lives in the site's cache folder."""
     return cfg.cache_dir / f"manifest-{preset}.json"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(_CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fields(obj: Any, skip: str = "") -> dict[str, Any]:
+    """A config dataclass's fields, one level (its read-only mappings stay as they are)."""
+    return {f.name: getattr(obj, f.name) for f in fields(obj) if f.name != skip}
+
+
+def _jsonable(value: Any) -> Any:
+    return dict(value) if isinstance(value, Mapping) else str(value)
+
+
+def source_digests(cfg: SiteConfig) -> dict[str, str]:
+    """SHA-256 of each input the manifest's non-image content was read from.
+
+    Keys: ``"clinical table"`` and ``"labels table"`` (the files' bytes, wherever the
+    config points) and ``"table mappings"`` (column mappings, units, value maps, the
+    DICOM ID tags, the split and the task list; paths left out, so a moved site folder
+    stays valid).
+
+    Raises:
+        OSError: A table cannot be read.
+    """
+    mappings = {
+        "clinical": _fields(cfg.clinical, skip="path"),
+        "labels": _fields(cfg.labels, skip="path"),
+        "dicom": _fields(cfg.dicom, skip="root"),
+        "split": _fields(cfg.split),
+        "tasks": list(cfg.tasks),
+    }
+    text = json.dumps(mappings, sort_keys=True, default=_jsonable)
+    return {
+        "clinical table": _file_sha256(cfg.clinical.path),
+        "labels table": _file_sha256(cfg.labels.path),
+        "table mappings": hashlib.sha256(text.encode()).hexdigest(),
+    }
 
 
 def _label_json(value: object) -> object:
@@ -95,6 +146,7 @@ def prepare_site(
         "preset": preset,
         "fingerprint": preprocessing_fingerprint(specs),
         "tasks": list(cfg.tasks),
+        "sources": source_digests(cfg),
         "exams": [
             _entry_json(e, crops.get(e.exam_id, {}) if e.has_ct else {})
             for e in index.entries

@@ -34,7 +34,7 @@ from m3fm_model.tasks import (
 from m3fm_model.tokenizer import TextTokenizer, load_tokenizer
 
 from .cache import CacheKey, ExamCache
-from .prepare import MANIFEST_VERSION, manifest_path
+from .prepare import MANIFEST_VERSION, manifest_path, source_digests
 from .preprocess import preprocessing_fingerprint
 from .site_batch import Example, M3FMBatch, collate_examples, collate_parts
 from .site_config import SiteConfig
@@ -75,7 +75,8 @@ def load_manifest(cfg: SiteConfig, preset: str) -> list[dict[str, Any]]:
 
     Raises:
         ManifestError: When the manifest is missing, unreadable, or was prepared for
-            another preset, preprocessing, site or task list.
+            another preset, preprocessing, site or task list, or from tables or
+            table mappings that have changed since (each changed input named).
     """
     path = manifest_path(cfg, preset)
     fix = f"run `m3fm-site prepare --site-config {cfg.path} --preset {preset}`"
@@ -96,16 +97,41 @@ def load_manifest(cfg: SiteConfig, preset: str) -> list[dict[str, Any]]:
         "fingerprint": preprocessing_fingerprint(crop_specs(preset_config(preset))),
     }
     stale = [k for k, v in expected.items() if payload.get(k) != v]
+    stale += _changed_sources(payload.get("sources"), cfg, fix)
     if stale:
         raise ManifestError(f"manifest {path} is stale ({', '.join(stale)}); {fix}")
     return exams
+
+
+def _changed_sources(recorded: Any, cfg: SiteConfig, fix: str) -> list[str]:
+    """The inputs whose digest differs from the manifest's (all, when none recorded)."""
+    try:
+        now = source_digests(cfg)
+    except OSError as err:
+        raise ManifestError(
+            f"cannot read a table of site config {cfg.path} ({err.strerror}: "
+            f"{err.filename}); restore it, then {fix}"
+        ) from err
+    if not isinstance(recorded, Mapping):
+        return ["prepared before table digests were recorded"]
+    where = {
+        "clinical table": f"the clinical table {cfg.clinical.path}",
+        "labels table": f"the labels table {cfg.labels.path}",
+        "table mappings": f"the table mappings, split or tasks of {cfg.path}",
+    }
+    return [
+        f"{where[k]} changed since prepare"
+        for k, v in now.items()
+        if recorded.get(k) != v
+    ]
 
 
 def manifest_is_current(cfg: SiteConfig, preset: str) -> bool:
     """Whether ``load_manifest`` would accept the site's manifest for ``preset``.
 
     False when it is missing, unreadable or stale (another preprocessing, e.g. a
-    change of the preset's ROIs, crop sizes or windows, site or task list), so
+    change of the preset's ROIs, crop sizes or windows, site or task list, or an
+    edited clinical or labels table or mapping), so
     callers that skip prepared sites prepare it again; crops that did not change
     come from the cache.
     """

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 
+import pandas as pd
 import pytest
 import torch
 
 from client.cache import ExamCache
+from client.prepare import prepare_site
 from client.site_dataset import (
     AUX_TASK,
     ManifestError,
@@ -58,6 +61,53 @@ def test_stale_manifest_is_refused(site, tmp_path, field):
     # Execute / Assert
     with pytest.raises(ManifestError, match=f"stale.*{field}.*m3fm-site prepare"):
         load_manifest(stale, "tiny")
+
+
+def _flip_first_heart_label(site, path) -> tuple[str, int]:
+    """Flip the first exam's heart label in ``path``; returns (exam ID, new label)."""
+    frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    column = site.labels.columns["heart"]
+    new = "0" if frame.loc[0, column] == "1" else "1"
+    frame.loc[0, column] = new
+    frame.to_csv(path, index=False)
+    return frame.loc[0, site.labels.exam_id_column], int(new)
+
+
+def test_edited_labels_table_is_not_trained_on_until_prepared_again(site, tmp_path):
+    # Prepare: the site's labels table and cache copied (the fixture stays intact)
+    labels = tmp_path / "labels.csv"
+    shutil.copyfile(site.labels.path, labels)
+    shutil.copytree(site.cache_dir, tmp_path / "cache")
+    moved = dataclasses.replace(
+        site,
+        labels=dataclasses.replace(site.labels, path=labels),
+        cache_dir=tmp_path / "cache",
+    )
+    assert load_manifest(moved, "tiny")  # the same bytes elsewhere: still current
+    # Execute: a reader corrects one label
+    exam_id, label = _flip_first_heart_label(site, labels)
+    # Assert: refused, naming the table and the fix; prepared again, the label is new
+    with pytest.raises(ManifestError) as err:
+        load_manifest(moved, "tiny")
+    assert f"the labels table {labels} changed since prepare" in str(err.value)
+    assert "m3fm-site prepare" in str(err.value)
+    prepare_site(moved, preset="tiny")
+    by_exam = {e["exam_id"]: e for e in load_manifest(moved, "tiny")}
+    assert by_exam[exam_id]["labels"]["heart"] == label
+
+
+def test_changed_split_or_missing_table_makes_the_manifest_unusable(site, tmp_path):
+    resplit = dataclasses.replace(
+        site, split=dataclasses.replace(site.split, seed=site.split.seed + 1)
+    )
+    with pytest.raises(ManifestError, match="table mappings, split or tasks"):
+        load_manifest(resplit, "tiny")
+    gone = dataclasses.replace(
+        site, clinical=dataclasses.replace(site.clinical, path=tmp_path / "no.csv")
+    )
+    with pytest.raises(ManifestError, match="cannot read a table.*no.csv"):
+        load_manifest(gone, "tiny")
+    assert load_manifest(site, "tiny")
 
 
 def test_one_example_per_labelled_task_plus_auxiliary(site, train_set):
