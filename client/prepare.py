@@ -32,7 +32,6 @@ from .site_config import SiteConfig
 from .site_index import ExamEntry, SiteIndex, build_site_index, crop_specs
 
 MANIFEST_VERSION = 1
-_CHUNK = 1 << 20
 
 
 def manifest_path(cfg: SiteConfig, preset: str) -> Path:
@@ -41,11 +40,8 @@ def manifest_path(cfg: SiteConfig, preset: str) -> Path:
 
 
 def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _fields(obj: Any, skip: str = "") -> dict[str, Any]:

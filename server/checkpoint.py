@@ -145,12 +145,9 @@ def atomic_write(
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    sha = hashlib.sha256()
+    """SHA-256 of a file (read in blocks by ``hashlib.file_digest``)."""
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            sha.update(block)
-    return sha.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _compact(t: torch.Tensor) -> torch.Tensor:
