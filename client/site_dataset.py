@@ -104,7 +104,10 @@ def load_manifest(cfg: SiteConfig, preset: str) -> list[dict[str, Any]]:
 
 
 def _changed_sources(recorded: Any, cfg: SiteConfig, fix: str) -> list[str]:
-    """The inputs whose digest differs from the manifest's (all, when none recorded)."""
+    """What changed since prepare, one line per changed input.
+
+    A manifest that recorded no digests (an older version's) gives one line saying so.
+    """
     try:
         now = source_digests(cfg)
     except OSError as err:
