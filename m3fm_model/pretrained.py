@@ -20,6 +20,7 @@ import base64
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,23 +30,37 @@ from torch import nn
 ModuleT = TypeVar("ModuleT", bound=nn.Module)
 ASSET_DIR = Path(__file__).resolve().parent / "assets"
 ENCODER_PREFIXES = ("ct_encoder.", "text_encoder.")
-# name -> file in ASSET_DIR
-PRETRAINED = {
-    "tiny-synthetic": "tiny-synthetic-m3fm.json",
-    "tiny-synthetic-encoders": "tiny-synthetic-m3fm.json",
-}
-_PRESET = {"tiny-synthetic": "tiny", "tiny-synthetic-encoders": "tiny"}
-# key prefixes of the state dict each choice loads ("" = everything the asset holds)
-_PARTS: dict[str, tuple[str, ...]] = {
-    "tiny-synthetic": ("",),
-    "tiny-synthetic-encoders": ENCODER_PREFIXES,
-}
 HEAD_PREFIX = "heads."
-INIT_CHOICES = ("none", *PRETRAINED)
+
+
+@dataclass(frozen=True)
+class PretrainedChoice:
+    """One ``init-weights`` value and what it loads.
+
+    ``file`` lies in ``ASSET_DIR``; ``prefixes`` are the state-dict key prefixes taken
+    from it (``""`` = everything the asset holds).
+    """
+
+    file: str
+    preset: str
+    prefixes: tuple[str, ...]
+
+
+CHOICES = {
+    "tiny-synthetic": PretrainedChoice("tiny-synthetic-m3fm.json", "tiny", ("",)),
+    "tiny-synthetic-encoders": PretrainedChoice(
+        "tiny-synthetic-m3fm.json", "tiny", ENCODER_PREFIXES
+    ),
+}
+INIT_CHOICES = ("none", *CHOICES)
 
 
 class PretrainedWeightsError(ValueError):
     """An init-weights choice that does not exist or does not fit the model."""
+
+
+def _path(name: str) -> Path:
+    return ASSET_DIR / CHOICES[name].file
 
 
 def check_init(name: str, preset: str) -> str:
@@ -58,18 +73,17 @@ def check_init(name: str, preset: str) -> str:
         raise PretrainedWeightsError(
             f"run-config init-weights = {name!r} is unknown; use one of {INIT_CHOICES}"
         )
-    if name != "none" and _PRESET[name] != preset:
+    if name != "none" and (wanted := CHOICES[name].preset) != preset:
         raise PretrainedWeightsError(
-            f"init-weights {name!r} holds {_PRESET[name]!r} weights but the run's "
-            f'preset is {preset!r}; set init-weights = "none" or preset = '
-            f"{_PRESET[name]!r}"
+            f"init-weights {name!r} holds {wanted!r} weights but the run's "
+            f'preset is {preset!r}; set init-weights = "none" or preset = {wanted!r}'
         )
     return name
 
 
 def asset_info(name: str) -> dict:
     """The description stored with the weights (how they were trained), no weights."""
-    raw = json.loads((ASSET_DIR / PRETRAINED[name]).read_text(encoding="utf-8"))
+    raw = json.loads(_path(name).read_text(encoding="utf-8"))
     return {k: v for k, v in raw.items() if k != "weights"}
 
 
@@ -84,7 +98,7 @@ def write_asset(name: str, state: dict[str, torch.Tensor], info: dict) -> Path:
         "sha256": hashlib.sha256(raw).hexdigest(),
         "weights": base64.b64encode(raw).decode("ascii"),
     }
-    path = ASSET_DIR / PRETRAINED[name]
+    path = _path(name)
     path.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
     return path
 
@@ -95,7 +109,7 @@ def read_asset(name: str) -> dict[str, torch.Tensor]:
     Raises:
         PretrainedWeightsError: Missing, unreadable or altered file.
     """
-    path = ASSET_DIR / PRETRAINED[name]
+    path = _path(name)
     fix = "reinstall the package or rerun `make pretrain`"
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
@@ -126,12 +140,13 @@ def load_pretrained(model: ModuleT, name: str) -> ModuleT:
     """
     if name == "none":
         return model
-    path = ASSET_DIR / PRETRAINED[name]
+    path = _path(name)
     own = model.state_dict()
     state = {
         k: v
         for k, v in read_asset(name).items()
-        if k.startswith(_PARTS[name]) and (k in own or not k.startswith(HEAD_PREFIX))
+        if k.startswith(CHOICES[name].prefixes)
+        and (k in own or not k.startswith(HEAD_PREFIX))
     }
     wrong = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
     wrong += [k for k in own if k.startswith(ENCODER_PREFIXES) and k not in state]

@@ -68,7 +68,7 @@ def test_asset_description_says_how_it_was_trained() -> None:
 
 
 def test_altered_asset_is_refused(tmp_path, monkeypatch) -> None:
-    name = pretrained.PRETRAINED["tiny-synthetic"]
+    name = pretrained.CHOICES["tiny-synthetic"].file
     doc = json.loads((pretrained.ASSET_DIR / name).read_text())
     raw = bytearray(base64.b64decode(doc["weights"]))
     raw[-1] ^= 1
